@@ -1,0 +1,1 @@
+"""The `drift` command-line interface (installed as the `drift_cli` package)."""

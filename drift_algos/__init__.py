@@ -1,0 +1,1 @@
+"""drift_algos: rollout agent, inference engines, trajectory store, training core and algorithms."""

@@ -1,0 +1,85 @@
+"""Answer checking for math: equivalent forms count, not string equality alone.
+
+math-verify does the work (``1/2`` = ``0.5`` = ``\\frac{1}{2}``, ``\\boxed{}`` content,
+units and surrounding text). A string comparison of normalised forms is the fallback
+when math-verify cannot parse either side.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+logger = logging.getLogger(__name__)
+
+_SPACE_RE = re.compile(r"\s+")
+_BOXED_RE = re.compile(r"\\boxed\s*\{(.*)\}", re.DOTALL)
+
+
+def final_value(text: str) -> str:
+    """The part of an answer that states the value: the right-hand side of the last ``=``.
+
+    The small model writes ``37 + 48 = 85``; the value is ``85``.
+    """
+    text = text.strip()
+    if "=" in text:
+        text = text.rsplit("=", 1)[1]
+    return text.strip().rstrip(".").strip()
+
+
+def _plain(text: str) -> str:
+    text = text.strip()
+    boxed = _BOXED_RE.search(text)
+    if boxed:
+        text = boxed.group(1)
+    text = text.replace("$", "").replace("\\!", "").replace("\\,", "")
+    return _SPACE_RE.sub("", text).rstrip(".").lower()
+
+
+def _parse(text: str) -> list:
+    from math_verify import parse  # lazy: sympy + antlr take ~1 s to import
+
+    # math-verify guards against pathological inputs with SIGALRM, which only works in
+    # the main thread; elsewhere it must run without a timeout.
+    kwargs = {} if threading.current_thread() is threading.main_thread() else {"parsing_timeout": None}
+    try:
+        return parse(text, **kwargs)
+    except Exception:  # math-verify raises on some malformed LaTeX; treat as unparsable
+        logger.debug("math-verify could not parse %r", text, exc_info=True)
+        return []
+
+
+def _wrap(text: str) -> str:
+    # math-verify reads bare numbers and LaTeX in $...$; wrapping bare LaTeX commands
+    # (``\frac{1}{2}``) lets it find them.
+    return f"${text}$" if "\\" in text and "$" not in text else text
+
+
+def math_equal(gold: str, prediction: str) -> bool:
+    """True when ``prediction`` states the same mathematical value as ``gold``."""
+    pred = final_value(prediction)
+    if not pred:
+        return False
+    if _plain(gold) == _plain(pred):
+        return True
+    gold_parsed, pred_parsed = _parse(_wrap(gold)), _parse(_wrap(pred))
+    if not gold_parsed or not pred_parsed:
+        return False
+    from math_verify import verify
+
+    kwargs = {} if threading.current_thread() is threading.main_thread() else {"timeout_seconds": None}
+    try:
+        return bool(verify(gold_parsed, pred_parsed, **kwargs))
+    except Exception:
+        logger.debug("math-verify could not compare %r and %r", gold, pred, exc_info=True)
+        return False
+
+
+def normalise_answer(text: str) -> str:
+    """A canonical string for an answer, used to count repeated answers."""
+    value = final_value(text)
+    parsed = _parse(_wrap(value))
+    if parsed:
+        return str(parsed[0])
+    return _plain(value)
