@@ -1,0 +1,209 @@
+"""The trajectory record and its JSONL store.
+
+One JSON object per line, in the DRIFT release's schema (``prompt_id``, ``gold``,
+``messages``, ``verifier``, ``turn_rewards``, ``reward_details``, ``t_star``,
+``answer_norms``, ``format_penalty``) plus drift's own fields. Files load with
+``datasets.load_dataset("json", data_files=path)``; release files load here too (drift's
+fields take their defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from drift_envs.loading import DataError
+
+_TURN_KEY = re.compile(r"^t(\d+)$")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Sampling:
+    """Sampling settings a trajectory was generated with."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 512
+    """Token limit per turn."""
+
+
+@dataclass
+class Trajectory:
+    """One episode: the conversation and how it was scored."""
+
+    prompt_id: str
+    """Problem id; trajectories with the same ``prompt_id`` form a group."""
+    messages: list[dict[str, str]]
+    """The conversation, ``{"role", "content"}`` dicts, ending with the last assistant reply."""
+    verifier: dict[str, int]
+    """``{"t1": 0/1, ...}``: success per turn (padded with 0 up to the turn limit)."""
+    turn_rewards: dict[str, float]
+    """``{"t1": r_1, ...}``: per-turn reward, padded with 0 up to the turn limit."""
+    gold: str = ""
+    """Reference answer."""
+    reward_details: dict[str, Any] = field(default_factory=dict)
+    """Per-turn details, ``{"t1": {"env_reward", "format_penalty", "actions", "success"}, ...}``."""
+    t_star: int | None = None
+    """First correct turn (1-based), ``None`` if never correct."""
+    answer_norms: list[str] = field(default_factory=list)
+    """Normalised answers given, in order."""
+    format_penalty: float = 0.0
+    """Sum of format penalties (<= 0)."""
+    # drift's own fields
+    env_id: str = ""
+    """Gymnasium id of the environment."""
+    model: str = ""
+    """Model that generated the replies."""
+    sampling: Sampling = field(default_factory=Sampling)
+    """Sampling settings."""
+    seed: int | None = None
+    """Seed of the rollout run."""
+    sample_index: int = 0
+    """Index of this trajectory within its group."""
+    turn_tokens: list[int] = field(default_factory=list)
+    """Generated tokens per turn."""
+    turn_logprobs: list[float | None] = field(default_factory=list)
+    """Sum of the sampled tokens' log-probabilities per turn (``None`` where the engine gives none)."""
+    repetition_penalty: float | None = None
+    """Repetition penalty the environment charged; ``None``: recompute from ``answer_norms``."""
+    success: bool = False
+    """Solved within the limits."""
+
+    @property
+    def num_turns(self) -> int:
+        return sum(1 for m in self.messages if m["role"] == "assistant")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], where: str = "<record>") -> Trajectory:
+        """Validate a row (ours or the release's) and build a record; errors name ``where`` and the field."""
+
+        def need(name: str, types: type | tuple[type, ...]) -> Any:
+            if name not in row or row[name] is None:
+                raise DataError(f"{where}: missing field '{name}'")
+            if not isinstance(row[name], types):
+                raise DataError(f"{where}: field '{name}' has type {type(row[name]).__name__}")
+            return row[name]
+
+        prompt_id = need("prompt_id", (str, int))
+        if str(prompt_id) == "":
+            raise DataError(f"{where}: field 'prompt_id' is empty")
+        messages = need("messages", list)
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+                raise DataError(f"{where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: str}}")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise DataError(f"{where}: field 'messages' has no assistant message")
+        turn_rewards = _turn_dict(need("turn_rewards", dict), "turn_rewards", where, float)
+        verifier = _turn_dict(row.get("verifier") or {}, "verifier", where, int)
+        fp = row.get("format_penalty", row.get("trajectory_penalty", 0.0)) or 0.0
+        if not isinstance(fp, (int, float)) or math.isnan(fp):
+            raise DataError(f"{where}: field 'format_penalty' must be a number")
+        norms = row.get("answer_norms") or []
+        if not isinstance(norms, list):
+            raise DataError(f"{where}: field 'answer_norms' must be a list")
+        sampling = row.get("sampling") or {}
+        t_star = row.get("t_star")
+        return cls(
+            prompt_id=str(prompt_id),
+            messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+            verifier=verifier,
+            turn_rewards=turn_rewards,
+            gold=str(row.get("gold") or ""),
+            reward_details=row.get("reward_details") or {},
+            t_star=int(t_star) if t_star is not None else None,
+            answer_norms=[str(a) if a is not None else "" for a in norms],
+            format_penalty=float(fp),
+            env_id=row.get("env_id") or "",
+            model=row.get("model") or "",
+            sampling=Sampling(**{k: sampling[k] for k in ("temperature", "top_p", "max_new_tokens") if k in sampling}),
+            seed=row.get("seed"),
+            sample_index=int(row.get("sample_index") or 0),
+            turn_tokens=list(row.get("turn_tokens") or []),
+            turn_logprobs=list(row.get("turn_logprobs") or []),
+            repetition_penalty=row.get("repetition_penalty"),
+            success=bool(row.get("success", t_star is not None)),
+        )
+
+
+def _turn_dict(value: dict, name: str, where: str, kind: type) -> dict:
+    out = {}
+    for key, item in value.items():
+        if not _TURN_KEY.match(str(key)):
+            raise DataError(f"{where}: field '{name}' has key {key!r}; expected t1, t2, ...")
+        if not isinstance(item, (int, float)) or isinstance(item, bool) and kind is float:
+            raise DataError(f"{where}: field '{name}.{key}' must be a number, got {item!r}")
+        if isinstance(item, float) and math.isnan(item):
+            raise DataError(f"{where}: field '{name}.{key}' is NaN")
+        out[str(key)] = kind(item)
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0][1:])))
+
+
+class TrajectoryWriter:
+    """Streams records to a JSONL file, one flushed line each, so an interrupted run keeps what it made."""
+
+    def __init__(self, path: str | Path, *, append: bool = False):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"output directory does not exist: {self.path.parent}")
+        self._handle: TextIO = self.path.open("a" if append else "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, record: Trajectory | dict[str, Any]) -> None:
+        data = record.to_dict() if isinstance(record, Trajectory) else record
+        self._handle.write(json.dumps(data, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> TrajectoryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` for each JSON line; a malformed line raises :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            yield where, row
+
+
+def read_trajectories(path: str | Path) -> list[Trajectory]:
+    """All records of a JSONL file, validated."""
+    records = [Trajectory.from_dict(row, where) for where, row in iter_rows(path)]
+    if not records:
+        raise DataError(f"{path}: no trajectories")
+    return records
+
+
+def write_trajectories(path: str | Path, records: Iterable[Trajectory | dict[str, Any]]) -> int:
+    with TrajectoryWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+        return writer.count
