@@ -1,5 +1,21 @@
-"""The `drift` command."""
+"""The `drift` command: each subcommand lives in its own module of this package."""
+
+from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="drift: DRIFT and its baselines for multi-turn RL of LLMs on Gymnasium text environments.")
+from drift_cli.envs_cmd import envs
+from drift_cli.rollout import rollout
+
+app = typer.Typer(
+    help="drift: DRIFT (decoupled rollouts + importance-weighted fine-tuning) and its baselines "
+    "for multi-turn RL of LLMs on Gymnasium text environments.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(envs)
+app.command()(rollout)
+
+if __name__ == "__main__":
+    app()

@@ -257,6 +257,12 @@ class TextEnv(gym.Env[str, str]):
         return "<think>" if self.config.think else "<answer>"
 
     @property
+    def max_reply_tokens(self) -> int:
+        """Suggested token limit per reply, used when the caller sets none: an answer-only
+        reply is one short line; reasoning (``think``) needs room."""
+        return 512 if self.config.think else 64
+
+    @property
     def stop_strings(self) -> tuple[str, ...]:
         """Strings after which generation can stop: nothing after them is read."""
         return ("</answer>",)

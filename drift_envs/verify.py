@@ -14,6 +14,9 @@ import threading
 logger = logging.getLogger(__name__)
 
 _SPACE_RE = re.compile(r"\s+")
+_NUMBER_RE = re.compile(r"^-?\d+(?:\.\d+)?(?:/\d+)?$")
+# A binary arithmetic operation between numbers: "43 - 21", "6*7", "3 x 4", "2^3".
+_OPERATION_RE = re.compile(r"\d\s*(?:[-+*×x÷^]|\\times|\\cdot|\\div)\s*[\d(]")
 _BOXED_RE = re.compile(r"\\boxed\s*\{(.*)\}", re.DOTALL)
 
 
@@ -56,10 +59,22 @@ def _wrap(text: str) -> str:
     return f"${text}$" if "\\" in text and "$" not in text else text
 
 
+def states_operation(text: str) -> bool:
+    """True when ``text`` contains an arithmetic operation between numbers (``43 - 21``)."""
+    return bool(_OPERATION_RE.search(text))
+
+
 def math_equal(gold: str, prediction: str) -> bool:
-    """True when ``prediction`` states the same mathematical value as ``gold``."""
+    """True when ``prediction`` states the same mathematical value as ``gold``.
+
+    When the gold answer is a plain number, the prediction must state a value: an
+    unevaluated operation (``43 - 21`` for 22) is wrong, although math-verify would
+    evaluate it. Otherwise restating the question would count as solving it.
+    """
     pred = final_value(prediction)
     if not pred:
+        return False
+    if _NUMBER_RE.match(_plain(gold)) and states_operation(pred):
         return False
     if _plain(gold) == _plain(pred):
         return True

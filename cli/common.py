@@ -1,0 +1,90 @@
+"""Shared pieces of the CLI: the console, one-line errors, environment options."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Errors that are the user's input, not drift's bugs: shown as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (LookupError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                                PermissionError, TypeError)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn input errors into a one-line message and exit code 2."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except USER_ERRORS as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, KeyError):
+            message = message.strip("'\"")
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)], force=True,
+    )
+    # transformers' own progress bars and warnings clutter a CLI run.
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False,
+    )
+
+
+def parse_env_args(pairs: list[str] | None) -> dict[str, object]:
+    """``key=value`` pairs for the environment's constructor; values are JSON when they parse."""
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env-arg expects key=value, got {pair!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def env_kwargs(*, max_turns: int | None = None, feedback: str | None = None, parse: str | None = None,
+               source: str | None = None, data: str | None = None, split: str | None = None,
+               extra: list[str] | None = None) -> dict[str, object]:
+    """Environment constructor arguments from CLI flags; unset flags are left to the environment."""
+    kwargs = {key: value for key, value in dict(
+        max_turns=max_turns, feedback=feedback, parse=parse, source=source, path=data, split=split,
+    ).items() if value is not None}
+    if max_turns is not None:
+        kwargs["max_actions"] = max_turns
+    kwargs.update(parse_env_args(extra))
+    return kwargs
+
+
+def check_out_path(path: Path) -> Path:
+    if not path.parent.exists():
+        raise FileNotFoundError(f"output directory does not exist: {path.parent}")
+    if path.is_dir():
+        raise IsADirectoryError(f"output path is a directory: {path}")
+    return path

@@ -1,0 +1,86 @@
+"""`drift rollout`: sample trajectories from a model in an environment, to JSONL."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from drift_cli.common import check_out_path, console, env_kwargs, progress_bar, setup_logging, user_errors
+from drift_cli.tables import pct, rollout_table
+
+
+def make_engine(engine: str, model: str, *, batch_size: int, base_url: str | None = None, adapter: str | None = None):
+    """The inference engine for ``--engine``."""
+    if engine == "transformers":
+        from drift_algos.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine.from_pretrained(model, batch_size=batch_size, adapter=adapter)
+    raise ValueError(f"unknown engine '{engine}' (available: transformers)")
+
+
+def rollout(
+    env: str = typer.Option("math", help="Environment: an alias (math, gpqa, code), a Gymnasium id, or module.path:ClassName."),
+    model: str = typer.Option("smollm2-135m", help="Hub id, local directory, .gguf file, or 'smollm2-135m' (the embedded default)."),
+    num_prompts: int = typer.Option(32, min=1, help="Problems to sample (each a group of --n trajectories)."),
+    n: int = typer.Option(4, min=1, help="Trajectories per problem."),
+    max_turns: int | None = typer.Option(None, min=1, help="Turn (and answer) limit per episode; default: the environment's (5)."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass."),
+    max_new_tokens: int | None = typer.Option(None, min=1, help="Token limit per reply; default: the environment's suggestion (64 for an answer-only reply, 512 with --env-arg think=true)."),
+    split: str = typer.Option("train", help="Problem split (train or test)."),
+    source: str | None = typer.Option(None, help="Problem source of the environment (math: procedural, gsm8k, math, math500, metamath)."),
+    data: str | None = typer.Option(None, help="Local file or Hub id for the problem source."),
+    feedback: str | None = typer.Option(None, help="Feedback mode: simple or full."),
+    parse: str | None = typer.Option(None, help="Answer parsing: strict (closing tag required) or lenient."),
+    env_arg: list[str] | None = typer.Option(None, help="Extra environment argument key=value (repeatable; values parsed as JSON)."),
+    seed: int = typer.Option(0, help="Seed for problem choice, resets and sampling."),
+    batch_size: int = typer.Option(64, min=1, help="Engine micro-batch (conversations per generate call)."),
+    engine: str = typer.Option("transformers", help="Inference engine."),
+    out: Path | None = typer.Option(None, help="Output JSONL (default: runs/rollouts/<env>-<time>.jsonl)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    """Sample N trajectories per problem from a fixed model and write them as JSONL.
+
+    Each record has the DRIFT release's fields (prompt_id, gold, messages, verifier,
+    turn_rewards, reward_details, t_star, answer_norms, format_penalty) plus drift's
+    (env_id, model, sampling, seed, turn_tokens, ...). A summary per turn follows.
+    """
+    setup_logging(verbose)
+    with user_errors():
+        import gymnasium as gym
+
+        from drift_algos.agent import RolloutAgent, RolloutConfig
+        from drift_algos.records import TrajectoryWriter
+        from drift_envs import resolve_env_id
+
+        env_id = resolve_env_id(env)
+        kwargs = env_kwargs(max_turns=max_turns, feedback=feedback, parse=parse, source=source, data=data,
+                            split=split, extra=env_arg)
+        make = lambda: gym.make(env_id, disable_env_checker=True, **kwargs)  # noqa: E731
+        probe = make().unwrapped
+        if out is None:
+            out = Path("runs") / "rollouts" / f"{env.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            out.parent.mkdir(parents=True, exist_ok=True)
+        check_out_path(out)
+        cfg = RolloutConfig(num_prompts=num_prompts, n=n, temperature=temperature, top_p=top_p,
+                            max_new_tokens=max_new_tokens or getattr(probe, "max_reply_tokens", 512), seed=seed)
+        with console.status(f"loading model {model}"):
+            eng = make_engine(engine, model, batch_size=batch_size)
+        agent = RolloutAgent(eng, make, env_id=env_id, model_name=model)
+        problems = agent.choose_problems(cfg)
+        with TrajectoryWriter(out) as writer, progress_bar() as bar:
+            task = bar.add_task("rollout", total=len(problems) * n, extra="")
+            update = lambda done, total, tokens: bar.update(task, completed=done, extra=f"{tokens:,} tok")  # noqa: E731
+            _, summary = agent.run(cfg, writer=writer, problems=problems, progress=update)
+        console.print(rollout_table(summary))
+        stats = {"env_id": env_id, "model": model, "config": asdict(cfg), "episodes": summary.metrics.episodes,
+                 "accuracy_per_turn": summary.metrics.accuracy, "multi_at_k": summary.metrics.multi,
+                 "generated_tokens": summary.generated_tokens, "tokens_per_s": summary.tokens_per_s,
+                 "elapsed_s": summary.elapsed_s}
+        out.with_suffix(".summary.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
+        console.print(f"wrote {writer.count} trajectories to [bold]{out}[/] "
+                      f"(success within {summary.metrics.max_turns} turns: {pct(summary.metrics.overall)})")

@@ -1,0 +1,128 @@
+"""`drift weigh`: add DRIFT returns and weights to a trajectory file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from drift_algos.returns import DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_REPETITION_LAMBDA, WeightStats
+from drift_algos.weighting import WeighConfig, default_output_path, stats_path_for, weigh_file
+from drift_envs.loading import DataError
+
+EXIT_BAD_OPTION = 2
+"""Exit status for an invalid option value (as for click's own usage errors)."""
+EXIT_BAD_DATA = 1
+"""Exit status for unreadable or invalid input, or an unwritable output."""
+
+_STAT_LABELS = {
+    "num_trajectories": "trajectories",
+    "num_groups": "prompt groups",
+    "ess_mean": "ESS per group, mean",
+    "ess_min": "ESS per group, min",
+    "ess_fraction_mean": "ESS / group size, mean",
+    "ess_overall": "ESS overall",
+    "ess_overall_fraction": "ESS overall / trajectories",
+    "weight_min": "weight min",
+    "weight_max": "weight max",
+    "weight_mean": "weight mean",
+    "return_mean": "return mean",
+    "return_min": "return min",
+    "return_max": "return max",
+    "equal_return_group_share": "groups with all returns equal",
+    "no_success_group_share": "groups with no success",
+}
+
+
+def weigh(
+    in_path: Annotated[
+        Path,
+        typer.Argument(help="Trajectory JSONL file (drift's or the DRIFT release's schema).", show_default=False),
+    ],
+    gamma: Annotated[
+        float,
+        typer.Option(help="Discount per turn in [0, 1]: a success at turn t counts gamma^(t-1), so earlier is better."),
+    ] = DEFAULT_GAMMA,
+    beta: Annotated[
+        float,
+        typer.Option(
+            help="KL temperature > 0: weights are exp(return/beta) normalised to mean 1 per prompt; "
+            "smaller beta concentrates the weight on the best trajectories, larger beta tends to plain SFT."
+        ),
+    ] = DEFAULT_BETA,
+    repetition_lambda: Annotated[
+        float,
+        typer.Option(help="Scale of the repetition penalty lambda * (1 - unique answers / answers), >= 0."),
+    ] = DEFAULT_REPETITION_LAMBDA,
+    recorded_repetition_penalty: Annotated[
+        bool,
+        typer.Option(
+            "--recorded-repetition-penalty/--recompute-repetition-penalty",
+            help="Use the environment's recorded repetition_penalty where a record has one, instead of "
+            "recomputing it from answer_norms (the release's way, and the only one for release files).",
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output JSONL [default: IN with suffix .weighted.jsonl].", show_default=False),
+    ] = None,
+) -> None:
+    """Compute each trajectory's return and its DRIFT weight within its prompt group.
+
+    The return is R = sum_t gamma^(t-1) r_t + format_penalty - repetition_penalty; the weight is
+    w_i = exp(R_i/beta) / mean_j exp(R_j/beta) over the trajectories of the same prompt_id (the optimum of
+    the KL-regularised objective with temperature beta, self-normalised). OUT is IN with `return` and `weight`
+    columns added; its statistics go to OUT.stats.json. Re-weigh with another beta without new rollouts.
+    """
+    console = Console(highlight=False)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        cfg = WeighConfig(
+            gamma=gamma,
+            beta=beta,
+            repetition_lambda=repetition_lambda,
+            use_recorded_repetition_penalty=recorded_repetition_penalty,
+        )
+    except ValueError as err:
+        errors.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(EXIT_BAD_OPTION) from None
+    out_path = out if out is not None else default_output_path(in_path)
+    stats_path = stats_path_for(out_path)
+    try:
+        stats = weigh_file(in_path, out_path, cfg)
+        report = {"input": str(in_path), "output": str(out_path), "config": asdict(cfg), "stats": stats.to_dict()}
+        stats_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    except (DataError, OSError, ValueError) as err:
+        errors.print(f"[red]error:[/red] {escape(' '.join(str(err).split()))}")
+        raise typer.Exit(EXIT_BAD_DATA) from None
+    console.print(_stats_table(stats, cfg))
+    console.print(f"wrote {escape(str(out_path))}")
+    console.print(f"stats {escape(str(stats_path))}")
+
+
+def _stats_table(stats: WeightStats, cfg: WeighConfig) -> Table:
+    table = Table(title=f"DRIFT weights (gamma={cfg.gamma:g}, beta={cfg.beta:g})")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for name, value in stats.to_dict().items():
+        if value is None:
+            shown = "n/a"
+        elif isinstance(value, int):
+            shown = str(value)
+        elif name.endswith(("share", "fraction")):
+            shown = f"{value:.1%}"
+        else:
+            shown = f"{value:.4g}"
+        table.add_row(_STAT_LABELS.get(name, name), shown)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to ``app`` as ``weigh``."""
+    app.command("weigh")(weigh)

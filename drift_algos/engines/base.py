@@ -1,0 +1,105 @@
+"""The inference-engine interface: chat conversations in, sampled completions out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Message = dict[str, str]
+"""A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample completions."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0: off)."""
+    max_new_tokens: int = 512
+    """Token limit per completion."""
+    n: int = 1
+    """Completions per conversation."""
+    seed: int | None = None
+    """Seed for sampling (``None``: not reseeded)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: generation of a completion ends after the first one (kept in the text)."""
+    logprobs: bool = True
+    """Return the sampled tokens' log-probabilities (where the engine can do so cheaply)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Completion:
+    """One sampled completion."""
+
+    text: str
+    """Generated text (without the reply prefix), cut after a stop string."""
+    token_ids: list[int]
+    """Generated token ids."""
+    logprobs: list[float] | None
+    """Log-probability of each generated token under the model (before temperature and
+    top-p), or ``None`` where the engine cannot give it cheaply."""
+    prompt_tokens: int
+    """Tokens in the rendered prompt."""
+    finish_reason: str
+    """``stop`` (EOS or a stop string) or ``length`` (hit ``max_new_tokens``)."""
+
+
+class Engine(ABC):
+    """Generates completions for chat conversations.
+
+    ``reply_prefix`` primes the assistant's reply: it is appended after the chat template's
+    generation prompt and the completion continues it (the DRIFT release primes with
+    ``<answer>`` or ``<think>``). One prefix for all conversations, or one per conversation.
+    """
+
+    name: str = "engine"
+
+    @abstractmethod
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams,
+        *,
+        reply_prefix: str | Sequence[str] = "",
+    ) -> list[list[Completion]]:
+        """``params.n`` completions for each conversation, in input order."""
+
+    def close(self) -> None:
+        """Release resources (servers, GPU memory)."""
+
+
+def prefixes_for(reply_prefix: str | Sequence[str], count: int) -> list[str]:
+    """One prefix per conversation."""
+    if isinstance(reply_prefix, str):
+        return [reply_prefix] * count
+    prefixes = list(reply_prefix)
+    if len(prefixes) != count:
+        raise ValueError(f"got {len(prefixes)} reply prefixes for {count} conversations")
+    return prefixes
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to and including the earliest stop string, and whether one was found."""
+    best = None
+    for s in stop:
+        index = text.find(s)
+        if index >= 0 and (best is None or index + len(s) < best):
+            best = index + len(s)
+    return (text[:best], True) if best is not None else (text, False)

@@ -1,0 +1,144 @@
+"""In-process generation with transformers ``generate`` (CPU or CUDA); the default engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from drift_algos.engines.base import Completion, Engine, Message, SamplingParams, cut_at_stop, prefixes_for
+
+logger = logging.getLogger(__name__)
+
+
+class _LogprobRecorder:
+    """A logits processor that records the log-probability of each sampled token.
+
+    transformers runs custom processors before its temperature and top-p warpers, so these
+    are the model's own log-probs (temperature 1), as PPO/GRPO need for the old policy;
+    they match a separate forward pass to about 1e-5. At step t+1 the token
+    sampled at step t is the last input id, so only one (B, V) distribution is kept, not
+    the (steps, B, V) that ``output_scores`` would hold.
+    """
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
+        self.steps: list[torch.Tensor] = []  # each (B,)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, steps) log-probs, given the tokens sampled at the final step (B,)."""
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, last_tokens[:, None]).squeeze(1))
+        return torch.stack(self.steps, dim=1) if self.steps else torch.empty(last_tokens.shape[0], 0)
+
+
+class TransformersEngine(Engine):
+    """Batched sampling with ``model.generate``.
+
+    Prompts are rendered with the tokenizer's chat template, sorted by length and run in
+    micro-batches of ``batch_size`` (left padding), so one call can take thousands of
+    conversations.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, spec: str, *, batch_size: int = 64, dtype: str = "auto", device: str | None = None,
+                        adapter: str | None = None) -> TransformersEngine:
+        from drift_algos.models import load_model, load_tokenizer
+
+        return cls(load_model(spec, dtype=dtype, device=device, adapter=adapter), load_tokenizer(spec),
+                   batch_size=batch_size)
+
+    def render(self, conversation: Sequence[Message], reply_prefix: str = "") -> str:
+        """The prompt text: chat template with the generation prompt, then the reply prefix."""
+        text = self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+        return text + reply_prefix
+
+    @torch.no_grad()
+    def generate(self, conversations, params: SamplingParams, *, reply_prefix: str | Sequence[str] = ""):
+        prefixes = prefixes_for(reply_prefix, len(conversations))
+        prompts = [self.render(c, p) for c, p in zip(conversations, prefixes, strict=True)]
+        # Each conversation repeated n times; sorting by length keeps padding small.
+        jobs = [(i, prompt) for i, prompt in enumerate(prompts) for _ in range(params.n)]
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for _, p in jobs]
+        order = sorted(range(len(jobs)), key=lambda j: len(encoded[j]))
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        results: list[list[Completion]] = [[] for _ in conversations]
+        outputs: dict[int, Completion] = {}
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            for j, completion in zip(batch, self._generate_batch([encoded[j] for j in batch], params), strict=True):
+                outputs[j] = completion
+        for j, (i, _) in enumerate(jobs):
+            results[i].append(outputs[j])
+        return results
+
+    def _generate_batch(self, ids: list[list[int]], params: SamplingParams) -> list[Completion]:
+        tok = self.tokenizer
+        device = next(self.model.parameters()).device
+        width = max(len(x) for x in ids)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)  # (B, T)
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)  # (B, T)
+        recorder = _LogprobRecorder() if params.logprobs else None
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=self.model.generation_config.eos_token_id or tok.eos_token_id,
+            repetition_penalty=1.0,
+        )
+        if params.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            # top_k=0: sample from the model's own distribution (shaped only by temperature
+            # and top_p), whatever the checkpoint's generation_config says.
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+        if recorder is not None:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([recorder])
+        sequences = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)  # (B, T + S)
+        new = sequences[:, width:]  # (B, S)
+        logprobs = recorder.finish(new[:, -1]) if recorder is not None and new.shape[1] else None  # (B, S)
+        eos_ids = kwargs["eos_token_id"]
+        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
+        completions = []
+        for row in range(new.shape[0]):
+            tokens = new[row].tolist()
+            length = len(tokens)
+            finish = "length"
+            for k, token in enumerate(tokens):
+                if token in eos_ids:
+                    length, finish = k, "stop"
+                    break
+            tokens = tokens[:length]
+            text = tok.decode(tokens, skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, params.stop)
+            if stopped:
+                finish = "stop"
+            completions.append(Completion(
+                text=text,
+                token_ids=tokens,
+                logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
+                prompt_tokens=len(ids[row]),
+                finish_reason=finish,
+            ))
+        return completions
