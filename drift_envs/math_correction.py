@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,8 @@ class MathCorrectionEnv(TextEnv):
     instruction = "You are solving Math problems. Only give the final answer between <answer> and </answer>."
 
     def __init__(self, config: MathEnvConfig | None = None, render_mode: str | None = None, **overrides):
-        config = config or MathEnvConfig(**overrides)
+        # Keyword settings apply on top of a given config (gym.make(id, config=cfg, max_turns=3)).
+        config = dataclasses.replace(config, **overrides) if config is not None else MathEnvConfig(**overrides)
         super().__init__(config, render_mode)
         self.config: MathEnvConfig = config
         if config.problems is not None:

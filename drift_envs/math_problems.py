@@ -84,14 +84,21 @@ def _word(rng: random.Random) -> tuple[str, str, str]:
 
 
 def _fractions(rng: random.Random) -> tuple[str, str, str]:
-    a, b = Fraction(rng.randint(1, 5), rng.choice([2, 3, 4, 5, 6, 8])), Fraction(rng.randint(1, 5), rng.choice([2, 3, 4, 6, 8]))
+    # Proper fractions in lowest terms, so the question never shows "2/1" or "2/4".
+    def proper() -> Fraction:
+        while True:
+            den = rng.choice([2, 3, 4, 5, 6, 8])
+            num = rng.randint(1, den - 1)
+            if Fraction(num, den).denominator == den:
+                return Fraction(num, den)
+
+    a, b = proper(), proper()
     op = rng.choice(["+", "-"])
     if op == "-" and a < b:
         a, b = b, a
     value = a + b if op == "+" else a - b
-    key = f"{a.numerator}/{a.denominator}{op}{b.numerator}/{b.denominator}"
-    text = f"What is {a.numerator}/{a.denominator} {op} {b.numerator}/{b.denominator}? Give the answer as a reduced fraction."
-    return key, text, str(value)
+    expr = f"{a.numerator}/{a.denominator} {op} {b.numerator}/{b.denominator}"
+    return expr.replace(" ", ""), f"What is {expr}? Give the answer as a reduced fraction.", str(value)
 
 
 _GENERATORS: dict[int, Callable[[random.Random], tuple[str, str, str]]] = {
@@ -122,7 +129,7 @@ def generate_problems(
         attempts += 1
         if attempts > 200 * num_problems + 10_000:
             raise ValueError(f"levels {list(levels)} hold fewer than {num_problems} distinct {split} problems")
-        level = rng.choice(list(levels))
+        level = rng.choice(sorted(set(levels)))
         key, question, answer = _GENERATORS[level](rng)
         key = f"L{level}:{key}"
         if key in seen or split_of(key) != split:

@@ -53,10 +53,18 @@ def _parse(text: str) -> list:
         return []
 
 
+_WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+
+
 def _wrap(text: str) -> str:
-    # math-verify reads bare numbers and LaTeX in $...$; wrapping bare LaTeX commands
-    # (``\frac{1}{2}``) lets it find them.
-    return f"${text}$" if "\\" in text and "$" not in text else text
+    # math-verify reads bare text only up to its leading number ("1+x" -> 1). Wrapping in
+    # $...$ makes it read LaTeX and symbolic expressions whole; text with words ("12
+    # dollars") stays bare so its units rule still applies.
+    if "$" in text:
+        return text
+    if "\\" in text or (re.search(r"[\^{}A-Za-z]", text) and not _WORD_RE.search(text)):
+        return f"${text}$"
+    return text
 
 
 def states_operation(text: str) -> bool:
