@@ -11,14 +11,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console()
 err_console = Console(stderr=True)
 
 # Errors that are the user's input, not drift's bugs: shown as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (LookupError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                                PermissionError, TypeError)
+# OSError covers missing files, directories in the way and permissions.
+USER_ERRORS: tuple[type[BaseException], ...] = (LookupError, ValueError, OSError, TypeError)
 
 
 @contextlib.contextmanager
@@ -32,7 +33,7 @@ def user_errors() -> Iterator[None]:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, KeyError):
             message = message.strip("'\"")
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

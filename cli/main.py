@@ -6,6 +6,7 @@ import typer
 
 from drift_cli.envs_cmd import envs
 from drift_cli.rollout import rollout
+from drift_cli.weigh import register as register_weigh
 
 app = typer.Typer(
     help="drift: DRIFT (decoupled rollouts + importance-weighted fine-tuning) and its baselines "
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command()(envs)
 app.command()(rollout)
+register_weigh(app)
 
 if __name__ == "__main__":
     app()

@@ -6,11 +6,16 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from drift_cli.common import check_out_path, console, env_kwargs, progress_bar, setup_logging, user_errors
 from drift_cli.tables import pct, rollout_table
+
+ENV_HELP = "Environment: an alias (math, gpqa, code), a Gymnasium id, or module.path:ClassName."
+MODEL_HELP = "Hub id, local directory, .gguf file, or 'smollm2-135m' (the embedded default)."
+ENV_ARG_HELP = "Extra environment argument key=value (repeatable; values parsed as JSON)."
 
 
 def make_engine(engine: str, model: str, *, batch_size: int, base_url: str | None = None, adapter: str | None = None):
@@ -23,25 +28,29 @@ def make_engine(engine: str, model: str, *, batch_size: int, base_url: str | Non
 
 
 def rollout(
-    env: str = typer.Option("math", help="Environment: an alias (math, gpqa, code), a Gymnasium id, or module.path:ClassName."),
-    model: str = typer.Option("smollm2-135m", help="Hub id, local directory, .gguf file, or 'smollm2-135m' (the embedded default)."),
-    num_prompts: int = typer.Option(32, min=1, help="Problems to sample (each a group of --n trajectories)."),
-    n: int = typer.Option(4, min=1, help="Trajectories per problem."),
-    max_turns: int | None = typer.Option(None, min=1, help="Turn (and answer) limit per episode; default: the environment's (5)."),
-    temperature: float = typer.Option(1.0, min=0.0, help="Sampling temperature (0: greedy)."),
-    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass."),
-    max_new_tokens: int | None = typer.Option(None, min=1, help="Token limit per reply; default: the environment's suggestion (64 for an answer-only reply, 512 with --env-arg think=true)."),
-    split: str = typer.Option("train", help="Problem split (train or test)."),
-    source: str | None = typer.Option(None, help="Problem source of the environment (math: procedural, gsm8k, math, math500, metamath)."),
-    data: str | None = typer.Option(None, help="Local file or Hub id for the problem source."),
-    feedback: str | None = typer.Option(None, help="Feedback mode: simple or full."),
-    parse: str | None = typer.Option(None, help="Answer parsing: strict (closing tag required) or lenient."),
-    env_arg: list[str] | None = typer.Option(None, help="Extra environment argument key=value (repeatable; values parsed as JSON)."),
-    seed: int = typer.Option(0, help="Seed for problem choice, resets and sampling."),
-    batch_size: int = typer.Option(64, min=1, help="Engine micro-batch (conversations per generate call)."),
-    engine: str = typer.Option("transformers", help="Inference engine."),
-    out: Path | None = typer.Option(None, help="Output JSONL (default: runs/rollouts/<env>-<time>.jsonl)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "smollm2-135m",
+    num_prompts: Annotated[int, typer.Option(min=1, help="Problems to sample (groups of --n trajectories).")] = 32,
+    n: Annotated[int, typer.Option(min=1, help="Trajectories per problem.")] = 4,
+    max_turns: Annotated[int | None, typer.Option(min=1, help="Turn (and answer) limit per episode; "
+                                                  "default: the environment's (5).")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature (0: greedy).")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Token limit per reply; default: the "
+                                                       "environment's suggestion (64 for an answer-only reply, "
+                                                       "512 with --env-arg think=true).")] = None,
+    split: Annotated[str, typer.Option(help="Problem split (train or test).")] = "train",
+    source: Annotated[str | None, typer.Option(help="Problem source (math: procedural, gsm8k, math, math500, "
+                                               "metamath).")] = None,
+    data: Annotated[str | None, typer.Option(help="Local file or Hub id for the problem source.")] = None,
+    feedback: Annotated[str | None, typer.Option(help="Feedback mode: simple or full.")] = None,
+    parse: Annotated[str | None, typer.Option(help="Answer parsing: strict (closing tag required) or lenient.")] = None,
+    env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for problem choice, resets and sampling.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Engine micro-batch (conversations per call).")] = 64,
+    engine: Annotated[str, typer.Option(help="Inference engine.")] = "transformers",
+    out: Annotated[Path | None, typer.Option(help="Output JSONL (default: runs/rollouts/<env>-<time>.jsonl).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     """Sample N trajectories per problem from a fixed model and write them as JSONL.
 
@@ -63,7 +72,8 @@ def rollout(
         make = lambda: gym.make(env_id, disable_env_checker=True, **kwargs)  # noqa: E731
         probe = make().unwrapped
         if out is None:
-            out = Path("runs") / "rollouts" / f"{env.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            stem = env.replace("/", "_").replace(":", "_")
+            out = Path("runs") / "rollouts" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
         check_out_path(out)
         cfg = RolloutConfig(num_prompts=num_prompts, n=n, temperature=temperature, top_p=top_p,

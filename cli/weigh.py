@@ -8,18 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from drift_algos.returns import DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_REPETITION_LAMBDA, WeightStats
 from drift_algos.weighting import WeighConfig, default_output_path, stats_path_for, weigh_file
-from drift_envs.loading import DataError
-
-EXIT_BAD_OPTION = 2
-"""Exit status for an invalid option value (as for click's own usage errors)."""
-EXIT_BAD_DATA = 1
-"""Exit status for unreadable or invalid input, or an unwritable output."""
+from drift_cli.common import console, user_errors
 
 _STAT_LABELS = {
     "num_trajectories": "trajectories",
@@ -63,14 +57,16 @@ def weigh(
     recorded_repetition_penalty: Annotated[
         bool,
         typer.Option(
-            "--recorded-repetition-penalty/--recompute-repetition-penalty",
+            "--recorded-repetition-penalty",
             help="Use the environment's recorded repetition_penalty where a record has one, instead of "
-            "recomputing it from answer_norms (the release's way, and the only one for release files).",
+            "recomputing it from answer_norms (the default, as the release does; release files have no such column).",
         ),
     ] = False,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Output JSONL [default: IN with suffix .weighted.jsonl].", show_default=False),
+        typer.Option(
+            "--out", "-o", help="Output JSONL (default: IN with the suffix .weighted.jsonl).", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Compute each trajectory's return and its DRIFT weight within its prompt group.
@@ -80,27 +76,18 @@ def weigh(
     the KL-regularised objective with temperature beta, self-normalised). OUT is IN with `return` and `weight`
     columns added; its statistics go to OUT.stats.json. Re-weigh with another beta without new rollouts.
     """
-    console = Console(highlight=False)
-    errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
+    with user_errors():
         cfg = WeighConfig(
             gamma=gamma,
             beta=beta,
             repetition_lambda=repetition_lambda,
             use_recorded_repetition_penalty=recorded_repetition_penalty,
         )
-    except ValueError as err:
-        errors.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(EXIT_BAD_OPTION) from None
-    out_path = out if out is not None else default_output_path(in_path)
-    stats_path = stats_path_for(out_path)
-    try:
+        out_path = out if out is not None else default_output_path(in_path)
+        stats_path = stats_path_for(out_path)
         stats = weigh_file(in_path, out_path, cfg)
         report = {"input": str(in_path), "output": str(out_path), "config": asdict(cfg), "stats": stats.to_dict()}
         stats_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    except (DataError, OSError, ValueError) as err:
-        errors.print(f"[red]error:[/red] {escape(' '.join(str(err).split()))}")
-        raise typer.Exit(EXIT_BAD_DATA) from None
     console.print(_stats_table(stats, cfg))
     console.print(f"wrote {escape(str(out_path))}")
     console.print(f"stats {escape(str(stats_path))}")

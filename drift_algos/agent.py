@@ -128,7 +128,8 @@ class RolloutAgent:
         if self.num_problems is None:
             return [None] * cfg.num_prompts
         if cfg.num_prompts > self.num_problems:
-            raise ValueError(f"asked for {cfg.num_prompts} prompts but the environment has {self.num_problems} problems")
+            raise ValueError(f"asked for {cfg.num_prompts} prompts but the environment has "
+                             f"{self.num_problems} problems")
         if not cfg.shuffle:
             return list(range(cfg.num_prompts))
         rng = np.random.default_rng(cfg.seed)

@@ -77,7 +77,8 @@ def resolve(spec: str) -> ModelSource:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return ModelSource(spec, "gguf", str(ggufs[0].resolve()))
-        raise ModelNotFoundError(f"model '{spec}': directory {path} has no config.json (and not exactly one .gguf file)")
+        raise ModelNotFoundError(
+            f"model '{spec}': directory {path} has no config.json (and not exactly one .gguf file)")
     if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
         return ModelSource(spec, "hub", spec)
     raise ModelNotFoundError(
@@ -139,7 +140,8 @@ def load_tokenizer(spec: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
-        raise ModelNotFoundError(f"model '{spec}': cannot load tokenizer from {path}: {str(err).splitlines()[0]}") from None
+        first = str(err).splitlines()[0]
+        raise ModelNotFoundError(f"model '{spec}': cannot load tokenizer from {path}: {first}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:

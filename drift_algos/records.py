@@ -100,7 +100,8 @@ class Trajectory:
             raise DataError(f"{where}: field 'prompt_id' is empty")
         messages = need("messages", list)
         for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            ok = isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)
+            if not ok:
                 raise DataError(f"{where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: str}}")
         if not any(m["role"] == "assistant" for m in messages):
             raise DataError(f"{where}: field 'messages' has no assistant message")

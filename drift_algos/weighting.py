@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,12 +102,15 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
     :class:`Trajectory` records, so a bad row raises :class:`DataError` naming ``file:line`` and the
     field. The file is read twice rather than held in memory, and the output is written to a
     temporary file first, so ``out_path`` may equal ``in_path`` and an error leaves no partial file.
-    A missing output directory raises :class:`FileNotFoundError`.
+    A missing output directory raises :class:`FileNotFoundError`; an output path that is a directory,
+    :class:`IsADirectoryError`.
     """
     cfg = cfg or WeighConfig()
     in_path, out_path = Path(in_path), Path(out_path)
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"output directory does not exist: {out_path.parent}")
+    if out_path.is_dir():
+        raise IsADirectoryError(f"output path is a directory: {out_path}")
 
     prompt_ids: list[str] = []
     returns: list[float] = []
@@ -128,11 +130,10 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
         raise DataError(f"{in_path}: no trajectories")
     weights, stats = _weigh_returns(prompt_ids, returns, successes, cfg.beta)
 
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp", delete=False
-    )
+    # A sibling temporary file (created with the usual permissions, unlike tempfile's 0600), renamed into place.
+    temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
-        with handle:
+        with temporary.open("w", encoding="utf-8") as handle:
             count = 0
             for where, row in iter_rows(in_path):
                 if count >= len(weights):
@@ -144,9 +145,9 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
                 count += 1
             if count != len(weights):
                 raise DataError(f"{in_path}: changed while it was being weighed")
-        os.replace(handle.name, out_path)
+        os.replace(temporary, out_path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     logger.info(
         "weighed %d trajectories in %d groups (gamma=%s, beta=%s) -> %s",

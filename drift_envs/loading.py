@@ -68,7 +68,8 @@ def _read_with_datasets(path: Path, fmt: str) -> Iterator[Row]:
     try:
         table = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as err:  # datasets raises many types; all mean "cannot read this file"
-        raise DataError(f"{path}: cannot read as {fmt}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: cannot read as {fmt}: {first}") from None
     for index, data in enumerate(table):
         # Row numbers: JSON arrays and Parquet have no lines; CSV line = header + index.
         where = f"{path}:{index + 2}" if fmt == "csv" else f"{path}#{index}"

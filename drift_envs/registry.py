@@ -81,14 +81,16 @@ def resolve_env_id(spec: str) -> str:
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:
-            raise UnknownEnvError(f"unknown environment '{spec}': cannot import module '{module_name}' ({err})") from None
+            raise UnknownEnvError(
+                f"unknown environment '{spec}': cannot import module '{module_name}' ({err})") from None
         target = getattr(module, attr, None)
         if isinstance(target, type) and issubclass(target, gym.Env):
             gym.register(id=spec, entry_point=target)
             return spec
         if attr in gym.registry:  # gymnasium's "module:EnvId" form; importing registered it
             return attr
-        raise UnknownEnvError(f"unknown environment '{spec}': '{module_name}' has no gymnasium.Env class or registered id '{attr}'")
+        raise UnknownEnvError(
+            f"unknown environment '{spec}': '{module_name}' has no gymnasium.Env class or registered id '{attr}'")
     known = ", ".join(sorted(ALIASES) + sorted(e.id for e in list_envs()))
     raise UnknownEnvError(f"unknown environment '{spec}'; known: {known}; or give module.path:ClassName")
 

@@ -81,7 +81,7 @@ class Engine(ABC):
     ) -> list[list[Completion]]:
         """``params.n`` completions for each conversation, in input order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most engines hold nothing to release
         """Release resources (servers, GPU memory)."""
 
 

@@ -1,0 +1,51 @@
+"""What an offline algorithm is: how trajectories become weighted samples, and its loss."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from drift_algos.losses import weighted_nll_loss
+from drift_algos.records import Trajectory
+from drift_algos.samples import Sample
+
+
+@dataclass
+class SampleSet:
+    """The samples an algorithm trains on, and what it left out."""
+
+    samples: list[Sample]
+    """Conversations with their weights."""
+    trajectories: int
+    """Trajectories it was given."""
+    skipped: int
+    """Trajectories not turned into samples (filtered out)."""
+    weight_mass_skipped: float
+    """Share of the total weight the skipped trajectories carried (0 when all weights are 1)."""
+
+
+class OfflineAlgorithm(ABC):
+    """An algorithm trained once on a fixed set of trajectories (DRIFT, SFT, ...).
+
+    Subclasses set :attr:`name` and implement :meth:`samples`; :meth:`loss` is the
+    weighted NLL unless overridden.
+    """
+
+    name: ClassVar[str]
+    normalise_weights: bool = False
+
+    @abstractmethod
+    def samples(self, trajectories: Sequence[Trajectory]) -> SampleSet:
+        """The training samples for ``trajectories``."""
+
+    def loss(self, nll: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Batch loss from per-sample NLL (B,) and weights (B,)."""
+        return weighted_nll_loss(nll, weights, normalise=self.normalise_weights)
+
+
+def last_turn_sample(trajectory: Trajectory, weight: float) -> Sample:
+    return Sample(messages=trajectory.messages, weight=weight, prompt_id=trajectory.prompt_id)

@@ -1,0 +1,62 @@
+"""DRIFT: importance-weighted SFT on trajectories from a fixed reference policy.
+
+Each trajectory gets ``w = exp(R/beta) / mean_group(exp(R/beta))`` (computed in log space,
+group = same ``prompt_id``), and the loss is ``mean_i(w_i * nll_i)``: the fit of the
+KL-regularised optimum ``pi_ref * exp(R/beta)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from drift_algos.algorithms.base import OfflineAlgorithm, SampleSet, last_turn_sample
+from drift_algos.records import Trajectory
+from drift_algos.weighting import WeighConfig, weigh
+
+
+@dataclass
+class DriftConfig:
+    """DRIFT's settings (release scripts: gamma 0.9, beta 0.1)."""
+
+    gamma: float = 0.9
+    """Per-turn discount of the return."""
+    beta: float = 0.1
+    """KL temperature: smaller puts more weight on the best trajectories of a group."""
+    repetition_lambda: float = 0.5
+    """Repetition penalty scale in the return."""
+    min_weight: float = 0.0
+    """Skip samples whose weight is below this (they cost a full pass and change little); the
+    weight mass skipped is reported."""
+    drop_unsolved_groups: bool = False
+    """Leave out groups in which no trajectory succeeded (their weights only rank format and repetition)."""
+    normalise_weights: bool = False
+    """Batch loss ``sum w*nll / sum w`` instead of ``mean w*nll``."""
+
+    def __post_init__(self) -> None:
+        WeighConfig(self.gamma, self.beta, self.repetition_lambda)  # validates the three
+        if self.min_weight < 0:
+            raise ValueError(f"min_weight must be >= 0, got {self.min_weight}")
+
+
+class Drift(OfflineAlgorithm):
+    """Weighted SFT with group-normalised ``exp(R/beta)`` weights."""
+
+    name = "drift"
+
+    def __init__(self, config: DriftConfig | None = None):
+        self.config = config or DriftConfig()
+        self.normalise_weights = self.config.normalise_weights
+
+    def samples(self, trajectories: Sequence[Trajectory]) -> SampleSet:
+        cfg = self.config
+        _, weights, _ = weigh(trajectories, WeighConfig(cfg.gamma, cfg.beta, cfg.repetition_lambda))
+        solved = {t.prompt_id for t in trajectories if t.success}
+        keep, skipped_mass = [], 0.0
+        for trajectory, weight in zip(trajectories, weights, strict=True):
+            if weight < cfg.min_weight or (cfg.drop_unsolved_groups and trajectory.prompt_id not in solved):
+                skipped_mass += weight
+                continue
+            keep.append(last_turn_sample(trajectory, weight))
+        total = sum(weights)
+        return SampleSet(keep, len(trajectories), len(trajectories) - len(keep), skipped_mass / total if total else 0.0)

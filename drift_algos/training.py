@@ -1,0 +1,291 @@
+"""The shared training core: one loop for every algorithm.
+
+An algorithm hands the trainer :class:`~drift_algos.samples.Sample` objects (a
+conversation and a weight) and a loss of per-sample NLL and weights; the trainer does
+tokenisation and loss masks, length-bucketed batches, gradient accumulation, AdamW with
+warm-up and a schedule, gradient clipping, LoRA (peft) or full fine-tuning, bf16 on CUDA and
+fp32 on CPU, device placement through accelerate, checkpoints in Hugging Face / PEFT format
+and a JSONL metrics log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from drift_algos.losses import sequence_nll, weighted_nll_loss
+from drift_algos.samples import LossTarget, Sample, TokenizedSample, tokenize_sample
+
+logger = logging.getLogger(__name__)
+
+
+class Schedule(str, Enum):
+    """Learning-rate schedule after warm-up."""
+
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every algorithm (release values where they fit a CPU)."""
+
+    learning_rate: float = 1e-5
+    """Peak learning rate (release: 5e-6 for a 3B model)."""
+    epochs: int = 1
+    """Passes over the samples."""
+    batch_size: int = 8
+    """Samples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    warmup_ratio: float = 0.1
+    """Share of optimiser steps spent warming up linearly from 0."""
+    schedule: Schedule = Schedule.CONSTANT
+    """Schedule after warm-up."""
+    weight_decay: float = 0.1
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip (0: off)."""
+    max_prompt_tokens: int = 8192
+    """Prompt tokens kept (left truncation)."""
+    max_completion_tokens: int = 512
+    """Target tokens kept per assistant message."""
+    loss_target: LossTarget = LossTarget.LAST
+    """``last`` assistant message (release) or ``all`` assistant messages."""
+    normalise_weights: bool = False
+    """Batch loss ``sum w*nll / sum w`` instead of ``mean w*nll``."""
+    lora: bool = False
+    """Train a LoRA adapter (peft) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Module names LoRA adapts."""
+    seed: int = 0
+    """Seed for batch order and initialisation."""
+    log_every: int = 1
+    """Log metrics every this many optimiser steps."""
+
+    def __post_init__(self) -> None:
+        self.schedule = Schedule(self.schedule)
+        self.loss_target = LossTarget(self.loss_target)
+        self.lora_targets = tuple(self.lora_targets)
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_prompt_tokens", "max_completion_tokens", "lora_r",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay and max_grad_norm must be >= 0")
+
+
+@dataclass
+class TrainResult:
+    """What a training run did."""
+
+    steps: int
+    """Optimiser steps."""
+    samples: int
+    """Samples trained on (per epoch)."""
+    tokens: int
+    """Tokens processed (prompts included), all epochs."""
+    target_tokens: int
+    """Tokens that carried the loss, all epochs."""
+    elapsed_s: float
+    """Wall-clock seconds."""
+    final_loss: float
+    """Mean loss over the last epoch."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Logged metrics per step."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else float("nan")
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(nll (B,), weights (B,)) -> scalar``."""
+
+
+def default_loss(normalise: bool) -> LossFn:
+    return lambda nll, weights: weighted_nll_loss(nll, weights, normalise=normalise)
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Batches of similar length (little padding) in random order.
+
+    Indices are shuffled, cut into chunks of 50 batches, sorted by length within a chunk,
+    batched, and the batches shuffled: random enough, yet padding stays small.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(samples: Sequence[TokenizedSample], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(samples), width), dtype=torch.bool)  # (B, T)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)  # (B, T)
+    for row, s in enumerate(samples):
+        ids[row, : len(s)] = torch.tensor(s.input_ids)
+        mask[row, : len(s)] = torch.tensor(s.loss_mask)
+        attention[row, : len(s)] = 1
+    weights = torch.tensor([s.weight for s in samples], dtype=torch.float32)  # (B,)
+    return {"input_ids": ids, "loss_mask": mask, "attention_mask": attention, "weights": weights}
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.schedule is Schedule.LINEAR:
+            return max(0.0, 1.0 - progress)
+        if cfg.schedule is Schedule.COSINE:
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+class Trainer:
+    """Fits a causal LM to weighted samples."""
+
+    def __init__(self, model, tokenizer, cfg: TrainConfig):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        cuda = torch.cuda.is_available()
+        self.accelerator = Accelerator(mixed_precision="bf16" if cuda else "no",
+                                       gradient_accumulation_steps=cfg.grad_accum)
+        torch.manual_seed(cfg.seed)
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            targets = [t for t in cfg.lora_targets if any(name.endswith(t) for name, _ in model.named_modules())]
+            if not targets:
+                raise ValueError(f"none of the LoRA target modules {list(cfg.lora_targets)} exist in the model")
+            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                     lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                                     task_type="CAUSAL_LM"))
+        model.float() if not cuda else None  # fp32 on CPU: bf16 matmuls are slow there
+        model.train()
+        self.model = model
+
+    def tokenize(self, samples: Sequence[Sample]) -> list[TokenizedSample]:
+        cfg = self.cfg
+        return [tokenize_sample(self.tokenizer, s, target=cfg.loss_target, max_prompt_tokens=cfg.max_prompt_tokens,
+                                max_completion_tokens=cfg.max_completion_tokens) for s in samples]
+
+    def fit(
+        self,
+        samples: Sequence[Sample],
+        *,
+        loss_fn: LossFn | None = None,
+        log_path: Path | None = None,
+        progress: Callable[[int, int, float], None] | None = None,
+    ) -> TrainResult:
+        """Train on ``samples`` for ``cfg.epochs`` epochs; ``progress(step, total_steps, loss)``."""
+        cfg = self.cfg
+        if not samples:
+            raise ValueError("no samples to train on")
+        loss_fn = loss_fn or default_loss(cfg.normalise_weights)
+        data = self.tokenize(samples)
+        rng = random.Random(cfg.seed)
+        micro_per_epoch = math.ceil(len(data) / cfg.batch_size)
+        total_steps = max(1, math.ceil(micro_per_epoch / cfg.grad_accum) * cfg.epochs)
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
+        model, optimizer, scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        device = self.accelerator.device
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        log = log_path.open("a", encoding="utf-8") if log_path is not None else None
+        history: list[dict[str, float]] = []
+        step = tokens = target_tokens = 0
+        start = time.perf_counter()
+        epoch_losses: list[float] = []
+        try:
+            for epoch in range(cfg.epochs):
+                epoch_losses = []
+                batches = bucketed_batches([len(s) for s in data], cfg.batch_size, rng)
+                window_loss, window_n = 0.0, 0
+                for b, batch_indices in enumerate(batches):
+                    batch = {k: v.to(device) for k, v in collate([data[i] for i in batch_indices], pad_id).items()}
+                    with self.accelerator.accumulate(model):
+                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                        nll = sequence_nll(logits, batch["input_ids"], batch["loss_mask"])  # (B,)
+                        loss = loss_fn(nll, batch["weights"])
+                        self.accelerator.backward(loss)
+                        grad_norm = float("nan")
+                        if self.accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                            grad_norm = float(self.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                        optimizer.step()
+                        scheduler.step() if self.accelerator.sync_gradients else None
+                        optimizer.zero_grad()
+                    tokens += int(batch["attention_mask"].sum())
+                    target_tokens += int(batch["loss_mask"].sum())
+                    window_loss += float(loss.detach())
+                    window_n += 1
+                    epoch_losses.append(float(loss.detach()))
+                    last_micro = b == len(batches) - 1
+                    if self.accelerator.sync_gradients or last_micro:
+                        step += 1
+                        if step % cfg.log_every == 0 or last_micro:
+                            elapsed = time.perf_counter() - start
+                            entry = {"step": step, "epoch": epoch + (b + 1) / len(batches),
+                                     "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
+                                     "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tokens / elapsed}
+                            history.append(entry)
+                            if log is not None:
+                                log.write(json.dumps(entry) + "\n")
+                                log.flush()
+                            window_loss, window_n = 0.0, 0
+                        if progress is not None:
+                            progress(step, total_steps, epoch_losses[-1])
+        finally:
+            if log is not None:
+                log.close()
+        self.model = self.accelerator.unwrap_model(model)
+        self.model.eval()
+        return TrainResult(steps=step, samples=len(data), tokens=tokens, target_tokens=target_tokens,
+                           elapsed_s=time.perf_counter() - start,
+                           final_loss=sum(epoch_losses) / max(1, len(epoch_losses)), history=history)
+
+    def save(self, path: Path) -> Path:
+        """Save the model (or the LoRA adapter) and the tokenizer in Hugging Face format."""
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        (path / "drift_train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2, default=str) + "\n")
+        return path
