@@ -6,6 +6,7 @@ import typer
 
 from drift_cli.envs_cmd import envs
 from drift_cli.rollout import rollout
+from drift_cli.run import eval_, run, train
 from drift_cli.weigh import register as register_weigh
 
 app = typer.Typer(
@@ -18,6 +19,9 @@ app = typer.Typer(
 app.command()(envs)
 app.command()(rollout)
 register_weigh(app)
+app.command()(train)
+app.command(name="eval")(eval_)
+app.command()(run)
 
 if __name__ == "__main__":
     app()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -93,11 +94,24 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     return cache_root() / "models" / f"{gguf.stem}-{key}"
 
 
+def _strip_quantization(directory: Path) -> None:
+    """Drop the GGUF ``quantization_config`` from a converted model's config.
+
+    The saved weights are plain floats; with the entry left in, transformers treats the
+    reloaded model as quantized and refuses ``.to(dtype)`` and training.
+    """
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    if config.pop("quantization_config", None) is not None:
+        path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def convert_gguf(gguf: str | Path, out_dir: str | Path | None = None) -> Path:
     """Convert a GGUF file to a safetensors model directory (once; reused afterwards)."""
     gguf = Path(gguf)
     target = Path(out_dir) if out_dir is not None else _gguf_cache_dir(gguf)
     if (target / "config.json").is_file():
+        _strip_quantization(target)
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -113,6 +127,7 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path | None = None) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _strip_quantization(tmp)
         if (target / "config.json").is_file():  # another process finished first
             shutil.rmtree(tmp)
         else:

@@ -194,7 +194,8 @@ class Trainer:
             model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                      lora_dropout=cfg.lora_dropout, target_modules=targets,
                                                      task_type="CAUSAL_LM"))
-        model.float() if not cuda else None  # fp32 on CPU: bf16 matmuls are slow there
+        if not cuda:
+            model = model.to(torch.float32)  # fp32 on CPU: bf16 matmuls are slow there
         model.train()
         self.model = model
 

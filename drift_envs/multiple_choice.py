@@ -40,7 +40,15 @@ import gymnasium as gym
 import numpy as np
 
 from drift_envs.base import TextEnv, TextEnvConfig, Verdict
-from drift_envs.mc_problems import DEFAULT_KINDS, KINDS, LETTERS, MAX_GENERATED_CHOICES, MIN_CHOICES, MCProblem
+from drift_envs.mc_problems import (
+    DEFAULT_KINDS,
+    KINDS,
+    LETTERS,
+    MAX_GENERATED_CHOICES,
+    MIN_CHOICES,
+    SOURCES,
+    MCProblem,
+)
 from drift_envs.parsing import ParsedReply, ParseMode
 
 MC_SOURCES = ("procedural", "gpqa", "mmlu", "mmlu_pro", "mmlu_redux")
@@ -65,9 +73,10 @@ class MCEnvConfig(TextEnvConfig):
     ``None`` uses the source's usual Hub id."""
     name: str | None = None
     """Hub configuration of a dataset source (``gpqa_main``, an MMLU subject, ...); ``None``: the source's usual one."""
-    split: str = "train"
-    """Procedural: ``train`` or ``test`` (disjoint by construction); datasets: the Hub split
-    (GPQA has only ``train``; MMLU, MMLU-Pro and MMLU-Redux evaluate on ``test``)."""
+    split: str | None = None
+    """Procedural: ``train`` or ``test`` (disjoint by construction); datasets: the Hub split.
+    ``None``: ``train`` for procedural problems, else the dataset's evaluation split
+    (GPQA: ``train``, its only one; MMLU, MMLU-Pro, MMLU-Redux: ``test``)."""
     num_problems: int = 1000
     """How many problems to draw from the source (a cap for dataset sources)."""
     kinds: tuple[str, ...] = DEFAULT_KINDS
@@ -91,6 +100,8 @@ class MCEnvConfig(TextEnvConfig):
             raise ValueError(f"source must be one of {MC_SOURCES}, got {self.source!r}")
         if not self.kinds or set(self.kinds) - set(KINDS):
             raise ValueError(f"kinds must be a non-empty subset of {list(KINDS)}, got {list(self.kinds)}")
+        if self.split is None:
+            self.split = "train" if self.source == "procedural" else SOURCES[self.source].hub_splits[0]
         if self.source == "procedural" and self.problems is None and self.split not in ("train", "test"):
             raise ValueError(f"procedural split must be 'train' or 'test', got {self.split!r}")
         if self.num_problems < 1:

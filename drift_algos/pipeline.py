@@ -1,0 +1,239 @@
+"""`drift run`: rollouts from the reference model, weights, training, and base-vs-trained evaluation.
+
+A run directory holds everything a run made::
+
+    config.json           resolved configuration
+    trajectories.jsonl    reference-policy rollouts (or a copy of the given file)
+    weighted.jsonl        the same rows with `return` and `weight` (+ weight_stats.json)
+    train_log.jsonl       training metrics per optimiser step
+    checkpoint/           the trained model or LoRA adapter (Hugging Face / PEFT format)
+    eval_base.jsonl       evaluation episodes of the reference model (eval_trained.jsonl: trained)
+    metrics.json          base vs trained metrics with 95% intervals, costs
+    multi_at_k.png        multi@k of base vs trained
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+
+from drift_algos.agent import RolloutAgent, RolloutSummary
+from drift_algos.algorithms import ALGORITHMS, Drift, OfflineAlgorithm
+from drift_algos.engines.transformers_engine import TransformersEngine
+from drift_algos.evaluation import EvalResult, evaluate, paired_difference
+from drift_algos.presets import Preset
+from drift_algos.records import TrajectoryWriter, read_trajectories
+from drift_algos.training import Trainer, TrainResult
+from drift_algos.weighting import WeighConfig, weigh_file
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """Everything `drift run` needs."""
+
+    env: str
+    """Environment spec (alias, Gymnasium id or module:Class)."""
+    model: str
+    """Reference model spec."""
+    algo: str
+    """Algorithm name (drift, sft, rft)."""
+    preset: Preset
+    """Sizes and hyper-parameters."""
+    out_dir: Path
+    """Run directory (created; must not hold an earlier run's results)."""
+    trajectories: Path | None = None
+    """Start from these trajectories instead of sampling new ones."""
+    env_args: dict[str, object] = field(default_factory=dict)
+    """Extra environment arguments (on top of the preset's)."""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm '{self.algo}' (available: {', '.join(ALGORITHMS)})")
+        if self.trajectories is not None and not Path(self.trajectories).is_file():
+            raise FileNotFoundError(f"trajectories file not found: {self.trajectories}")
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    base: EvalResult
+    """Reference model on the held-out problems."""
+    trained: EvalResult
+    """Trained model on the same problems."""
+    train: TrainResult
+    """Training costs."""
+    rollout: RolloutSummary | None
+    """Rollout summary (``None`` when trajectories were given)."""
+    out_dir: Path
+    """Run directory."""
+    samples: int
+    """Training samples used."""
+    skipped: int
+    """Trajectories left out by the algorithm."""
+
+
+class Reporter:
+    """Progress hooks; the CLI draws rich progress bars, the default logs."""
+
+    def stage(self, name: str) -> None:
+        logger.info("stage: %s", name)
+
+    def progress(self, stage: str) -> Callable[[int, int, int], None] | None:
+        """A ``(done, total, extra)`` callback for a stage with a known size, or ``None``."""
+        return None
+
+    def done(self, stage: str) -> None:
+        """The stage has finished."""
+
+
+def make_algorithm(name: str, preset: Preset) -> OfflineAlgorithm:
+    cls = ALGORITHMS[name]
+    return cls(preset.drift) if cls is Drift else cls()
+
+
+def env_factory(env_id: str, kwargs: dict[str, object]) -> Callable[[], gym.Env]:
+    return lambda: gym.make(env_id, disable_env_checker=True, **kwargs)
+
+
+def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
+    from drift_algos.models import load_model, load_tokenizer
+    from drift_envs import resolve_env_id
+
+    reporter = reporter or Reporter()
+    preset = cfg.preset
+    out = Path(cfg.out_dir)
+    if (out / "metrics.json").exists():
+        raise FileExistsError(f"{out} already holds a finished run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    env_id = resolve_env_id(cfg.env)
+    base_args = {**preset.env_args, "max_turns": preset.max_turns, "max_actions": preset.max_turns, **cfg.env_args}
+    train_env = env_factory(env_id, {**base_args, "split": "train"})
+    test_env = env_factory(env_id, {**base_args, "split": "test"})
+    (out / "config.json").write_text(json.dumps(
+        {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
+         "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset)},
+        indent=2, default=str) + "\n")
+
+    reporter.stage("loading model")
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model)
+    engine = TransformersEngine(model, tokenizer)
+
+    traj_path = out / "trajectories.jsonl"
+    rollout_summary = None
+    if cfg.trajectories is not None:
+        reporter.stage("reading trajectories")
+        if Path(cfg.trajectories).resolve() != traj_path.resolve():
+            shutil.copyfile(cfg.trajectories, traj_path)
+        trajectories = read_trajectories(traj_path)
+    else:
+        reporter.stage("rollout")
+        agent = RolloutAgent(engine, train_env, env_id=env_id, model_name=cfg.model)
+        with TrajectoryWriter(traj_path) as writer:
+            trajectories, rollout_summary = agent.run(preset.rollout, writer=writer,
+                                                      progress=reporter.progress("rollout"))
+        reporter.done("rollout")
+
+    reporter.stage("weighing")
+    weigh_cfg = WeighConfig(preset.drift.gamma, preset.drift.beta, preset.drift.repetition_lambda)
+    stats = weigh_file(traj_path, out / "weighted.jsonl", weigh_cfg)
+    (out / "weight_stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+
+    reporter.stage("evaluating the reference model")
+    base = _evaluate(engine, test_env, preset, env_id, cfg.model, out / "eval_base.jsonl", reporter, "eval base")
+
+    reporter.stage(f"training ({cfg.algo})")
+    algorithm = make_algorithm(cfg.algo, preset)
+    sample_set = algorithm.samples(trajectories)
+    if not sample_set.samples:
+        raise ValueError(f"{cfg.algo}: no training samples left from {len(trajectories)} trajectories "
+                         "(no successful trajectory?); sample more prompts or raise the temperature")
+    trainer = Trainer(model, tokenizer, preset.train)
+    train_progress = reporter.progress("train")
+    train_result = trainer.fit(
+        sample_set.samples, loss_fn=algorithm.loss, log_path=out / "train_log.jsonl",
+        progress=(lambda step, total, loss: train_progress(step, total, loss)) if train_progress else None,
+    )
+    reporter.done("train")
+    trainer.save(out / "checkpoint")
+
+    reporter.stage("evaluating the trained model")
+    trained_engine = TransformersEngine(trainer.model, tokenizer)
+    trained = _evaluate(trained_engine, test_env, preset, env_id, str(out / "checkpoint"), out / "eval_trained.jsonl",
+                        reporter, "eval trained")
+
+    result = RunResult(base, trained, train_result, rollout_summary, out, len(sample_set.samples), sample_set.skipped)
+    _write_metrics(cfg, result, stats.to_dict(), sample_set.weight_mass_skipped)
+    plot_multi_at_k(base, trained, out / "multi_at_k.png", title=f"{cfg.algo} on {cfg.env} ({preset.name} preset)")
+    return result
+
+
+def _evaluate(engine, make_env, preset: Preset, env_id: str, model_name: str, path: Path, reporter: Reporter,
+              stage: str) -> EvalResult:
+    with TrajectoryWriter(path) as writer:
+        result = evaluate(engine, make_env, preset.eval, env_id=env_id, model_name=model_name, writer=writer,
+                          progress=reporter.progress(stage))
+    reporter.done(stage)
+    return result
+
+
+def _write_metrics(cfg: RunConfig, result: RunResult, weight_stats: dict, mass_skipped: float) -> None:
+    turns = result.base.metrics.max_turns
+    deltas = {}
+    for k in range(1, turns + 1):
+        diff, ci = paired_difference(result.base, result.trained, k, samples=cfg.preset.eval.bootstrap_samples)
+        deltas[f"multi@{k}"] = {"difference": diff, "ci": ci}
+    rollout = None
+    if result.rollout is not None:
+        s = result.rollout
+        rollout = {"episodes": s.metrics.episodes, "success_within_T": s.metrics.overall,
+                   "accuracy_per_turn": s.metrics.accuracy, "generated_tokens": s.generated_tokens,
+                   "elapsed_s": s.elapsed_s, "tokens_per_s": s.tokens_per_s}
+    t = result.train
+    metrics = {
+        "algo": cfg.algo, "env": cfg.env, "model": cfg.model, "preset": cfg.preset.name,
+        "base": result.base.to_dict(), "trained": result.trained.to_dict(), "paired_difference": deltas,
+        "rollout": rollout, "weights": weight_stats,
+        "train": {"samples": result.samples, "skipped_trajectories": result.skipped,
+                  "weight_mass_skipped": mass_skipped, "steps": t.steps, "tokens": t.tokens,
+                  "target_tokens": t.target_tokens, "elapsed_s": t.elapsed_s, "tokens_per_s": t.tokens_per_s,
+                  "final_loss": t.final_loss},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (result.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+
+
+def plot_multi_at_k(base: EvalResult, trained: EvalResult, path: Path, *, title: str) -> Path:
+    """multi@k of both models with 95% intervals, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    for label, res, offset in (("base", base, -0.04), ("trained", trained, 0.04)):
+        ks = [k + 1 + offset for k in range(res.metrics.max_turns)]
+        values = [100 * v for v in res.metrics.multi]
+        low = [100 * (v - lo) for v, (lo, _) in zip(res.metrics.multi, res.multi_ci, strict=True)]
+        high = [100 * (hi - v) for v, (_, hi) in zip(res.metrics.multi, res.multi_ci, strict=True)]
+        ax.errorbar(ks, values, yerr=[low, high], marker="o", capsize=4, label=label)
+    ax.set_xlabel("turns k")
+    ax.set_ylabel("multi@k (%)")
+    ax.set_xticks(range(1, base.metrics.max_turns + 1))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

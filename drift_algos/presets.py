@@ -1,0 +1,76 @@
+"""Named sizes for `drift run`: how many rollouts, how long to train, how much to evaluate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from drift_algos.agent import RolloutConfig
+from drift_algos.algorithms.drift import DriftConfig
+from drift_algos.evaluation import EvalConfig
+from drift_algos.training import TrainConfig
+
+
+@dataclass
+class Preset:
+    """A complete set of sizes and hyper-parameters for one run."""
+
+    name: str
+    """Preset name."""
+    description: str
+    """What it is for and what it costs."""
+    max_turns: int
+    """Turn (and answer) limit of training and evaluation episodes."""
+    rollout: RolloutConfig
+    """Reference-policy sampling."""
+    drift: DriftConfig
+    """DRIFT weighting."""
+    train: TrainConfig
+    """Optimisation."""
+    eval: EvalConfig
+    """Held-out evaluation."""
+    env_args: dict[str, object] = field(default_factory=dict)
+    """Environment settings the preset relies on (applied when the environment accepts them)."""
+
+
+def smoke() -> Preset:
+    return Preset(
+        "smoke", "a minute or two on a CPU: checks the whole pipeline, learns nothing measurable",
+        max_turns=2,
+        rollout=RolloutConfig(num_prompts=8, n=2, temperature=0.7, max_new_tokens=24),
+        drift=DriftConfig(),
+        train=TrainConfig(learning_rate=1e-5, epochs=1, batch_size=4),
+        eval=EvalConfig(num_problems=16, max_new_tokens=24, bootstrap_samples=200),
+    )
+
+
+def default() -> Preset:
+    return Preset(
+        "default", "the embedded model on a 2-core CPU in about 15 minutes",
+        max_turns=3,
+        rollout=RolloutConfig(num_prompts=128, n=8, temperature=0.7, max_new_tokens=24),
+        drift=DriftConfig(gamma=0.9, beta=0.1, min_weight=0.01, drop_unsolved_groups=True),
+        train=TrainConfig(learning_rate=1e-5, epochs=2, batch_size=8),
+        eval=EvalConfig(num_problems=256, max_new_tokens=24),
+    )
+
+
+def paper() -> Preset:
+    return Preset(
+        "paper", "the DRIFT release's settings (1,800 prompts x 16, 5 turns, 512 tokens): a GPU job",
+        max_turns=5,
+        rollout=RolloutConfig(num_prompts=1800, n=16, temperature=1.0, top_p=1.0, max_new_tokens=512),
+        drift=DriftConfig(gamma=0.9, beta=0.1),
+        train=TrainConfig(learning_rate=5e-6, epochs=1, batch_size=2, grad_accum=16, warmup_ratio=0.1,
+                          weight_decay=0.1, max_grad_norm=1.0, max_prompt_tokens=8192, max_completion_tokens=512),
+        eval=EvalConfig(num_problems=500, max_new_tokens=512),
+    )
+
+
+PRESETS = {"smoke": smoke, "default": default, "paper": paper}
+"""Preset factories by name."""
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}' (available: {', '.join(PRESETS)})")
+    return PRESETS[name]()
