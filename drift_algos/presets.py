@@ -47,10 +47,10 @@ def default() -> Preset:
     return Preset(
         "default", "the embedded model on a 2-core CPU in about 15 minutes",
         max_turns=3,
-        rollout=RolloutConfig(num_prompts=128, n=8, temperature=0.7, max_new_tokens=24),
+        rollout=RolloutConfig(num_prompts=64, n=8, temperature=0.7, max_new_tokens=20),
         drift=DriftConfig(gamma=0.9, beta=0.1, min_weight=0.01, drop_unsolved_groups=True),
         train=TrainConfig(learning_rate=1e-5, epochs=2, batch_size=8),
-        eval=EvalConfig(num_problems=256, max_new_tokens=24),
+        eval=EvalConfig(num_problems=200, max_new_tokens=20),
     )
 
 
