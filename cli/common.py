@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import typer
+from gymnasium import error as gym_error
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -19,7 +20,8 @@ err_console = Console(stderr=True)
 
 # Errors that are the user's input, not drift's bugs: shown as one line, no traceback.
 # OSError covers missing files, directories in the way and permissions.
-USER_ERRORS: tuple[type[BaseException], ...] = (LookupError, ValueError, OSError, TypeError)
+# gymnasium.error.Error: bad ids and arguments in gymnasium.make.
+USER_ERRORS: tuple[type[BaseException], ...] = (LookupError, ValueError, OSError, TypeError, gym_error.Error)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from drift_algos import jsonio
 from drift_cli.common import check_out_path, console, env_kwargs, progress_bar, setup_logging, user_errors
 from drift_cli.tables import pct, rollout_table
 
@@ -91,6 +91,6 @@ def rollout(
                  "accuracy_per_turn": summary.metrics.accuracy, "multi_at_k": summary.metrics.multi,
                  "generated_tokens": summary.generated_tokens, "tokens_per_s": summary.tokens_per_s,
                  "elapsed_s": summary.elapsed_s}
-        out.with_suffix(".summary.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
+        out.with_suffix(".summary.json").write_text(jsonio.dumps(stats) + "\n")
         console.print(f"wrote {writer.count} trajectories to [bold]{out}[/] "
                       f"(success within {summary.metrics.max_turns} turns: {pct(summary.metrics.overall)})")

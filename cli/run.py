@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from drift_algos import jsonio
 from drift_cli.common import console, env_kwargs, err_console, parse_env_args, progress_bar, setup_logging, user_errors
 from drift_cli.rollout import ENV_ARG_HELP, ENV_HELP, MODEL_HELP
 from drift_cli.tables import pct, turn_table
@@ -220,6 +221,6 @@ def eval_(
                                    for k, v in enumerate(result.metrics.multi))
         console.print(table)
         if out is not None:
-            out.write_text(json.dumps({"model": model, "adapter": str(adapter) if adapter else None, "env": env,
+            out.write_text(jsonio.dumps({"model": model, "adapter": str(adapter) if adapter else None, "env": env,
                                        **result.to_dict()}, indent=2) + "\n")
             console.print(f"wrote {out}")

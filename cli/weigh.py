@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from drift_algos import jsonio
 from drift_algos.returns import DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_REPETITION_LAMBDA, WeightStats
 from drift_algos.weighting import WeighConfig, default_output_path, stats_path_for, weigh_file
 from drift_cli.common import console, user_errors
@@ -87,7 +87,7 @@ def weigh(
         stats_path = stats_path_for(out_path)
         stats = weigh_file(in_path, out_path, cfg)
         report = {"input": str(in_path), "output": str(out_path), "config": asdict(cfg), "stats": stats.to_dict()}
-        stats_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        stats_path.write_text(jsonio.dumps(report) + "\n", encoding="utf-8")
     console.print(_stats_table(stats, cfg))
     console.print(f"wrote {escape(str(out_path))}")
     console.print(f"stats {escape(str(stats_path))}")

@@ -49,6 +49,8 @@ class RolloutConfig:
     """Draw the problems at random (seeded); ``False`` takes the first ``num_prompts``."""
     max_live: int = 256
     """Episodes in flight at once (bounds memory; whole groups are started together)."""
+    logprobs: bool = False
+    """Record the sampled tokens' log-probabilities per turn (``turn_logprobs``)."""
 
     def __post_init__(self) -> None:
         for name in ("num_prompts", "n", "max_new_tokens", "max_live"):
@@ -169,7 +171,7 @@ class RolloutAgent:
                 live.extend(self._start(group, s, problem, cfg)[0] for s in range(cfg.n))
             params = SamplingParams(
                 temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                seed=cfg.seed * 7919 + step, stop=self.stop,
+                seed=cfg.seed * 7919 + step, stop=self.stop, logprobs=cfg.logprobs,
             )
             step += 1
             completions = self.engine.generate([e.messages for e in live], params, reply_prefix=self.reply_prefix)

@@ -14,7 +14,6 @@ A run directory holds everything a run made::
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import gymnasium as gym
 
+from drift_algos import jsonio
 from drift_algos.agent import RolloutAgent, RolloutSummary
 from drift_algos.algorithms import ALGORITHMS, Drift, OfflineAlgorithm
 from drift_algos.engines.transformers_engine import TransformersEngine
@@ -119,10 +119,10 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     base_args = {**preset.env_args, "max_turns": preset.max_turns, "max_actions": preset.max_turns, **cfg.env_args}
     train_env = env_factory(env_id, {**base_args, "split": "train"})
     test_env = env_factory(env_id, {**base_args, "split": "test"})
-    (out / "config.json").write_text(json.dumps(
+    (out / "config.json").write_text(jsonio.dumps(
         {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
          "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset)},
-        indent=2, default=str) + "\n")
+    ) + "\n")
 
     reporter.stage("loading model")
     tokenizer = load_tokenizer(cfg.model)
@@ -147,7 +147,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     reporter.stage("weighing")
     weigh_cfg = WeighConfig(preset.drift.gamma, preset.drift.beta, preset.drift.repetition_lambda)
     stats = weigh_file(traj_path, out / "weighted.jsonl", weigh_cfg)
-    (out / "weight_stats.json").write_text(json.dumps(stats.to_dict(), indent=2) + "\n")
+    (out / "weight_stats.json").write_text(jsonio.dumps(stats.to_dict()) + "\n")
 
     reporter.stage("evaluating the reference model")
     base = _evaluate(engine, test_env, preset, env_id, cfg.model, out / "eval_base.jsonl", reporter, "eval base")
@@ -210,7 +210,7 @@ def _write_metrics(cfg: RunConfig, result: RunResult, weight_stats: dict, mass_s
                   "final_loss": t.final_loss},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (result.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    (result.out_dir / "metrics.json").write_text(jsonio.dumps(metrics) + "\n")
 
 
 def plot_multi_at_k(base: EvalResult, trained: EvalResult, path: Path, *, title: str) -> Path:

@@ -86,8 +86,10 @@ def tokenize_sample(
         ids += completion
         mask += [True] * len(completion)
         consumed = prompt_text + messages[index]["content"] + tokenizer.eos_token
-    if len(ids) > max_prompt_tokens + max_completion_tokens * len(targets):
-        # Left truncation keeps the end of the conversation, where the targets are.
-        cut = len(ids) - (max_prompt_tokens + max_completion_tokens * len(targets))
+    budget = max_prompt_tokens + sum(mask)
+    if len(ids) > budget:
+        # Left truncation keeps the end of the conversation, where the targets are: at most
+        # max_prompt_tokens of context besides the target tokens.
+        cut = len(ids) - budget
         ids, mask = ids[cut:], mask[cut:]
     return TokenizedSample(ids, mask, float(sample.weight))

@@ -182,8 +182,8 @@ class Trainer:
         self.cfg = cfg
         self.tokenizer = tokenizer
         cuda = torch.cuda.is_available()
-        self.accelerator = Accelerator(mixed_precision="bf16" if cuda else "no",
-                                       gradient_accumulation_steps=cfg.grad_accum)
+        # Accumulation is done here (see fit): accelerate's counter does not apply a short last window.
+        self.accelerator = Accelerator(mixed_precision="bf16" if cuda else "no")
         torch.manual_seed(cfg.seed)
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
@@ -220,7 +220,7 @@ class Trainer:
         data = self.tokenize(samples)
         rng = random.Random(cfg.seed)
         micro_per_epoch = math.ceil(len(data) / cfg.batch_size)
-        total_steps = max(1, math.ceil(micro_per_epoch / cfg.grad_accum) * cfg.epochs)
+        total_steps = math.ceil(micro_per_epoch / cfg.grad_accum) * cfg.epochs
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
             if param.requires_grad:
@@ -242,38 +242,42 @@ class Trainer:
                 batches = bucketed_batches([len(s) for s in data], cfg.batch_size, rng)
                 window_loss, window_n = 0.0, 0
                 for b, batch_indices in enumerate(batches):
+                    # Windows of grad_accum micro-batches; the epoch's last window may be shorter and is
+                    # applied too, with the loss scaled by its real size.
+                    window_start = b - b % cfg.grad_accum
+                    window_size = min(cfg.grad_accum, len(batches) - window_start)
                     batch = {k: v.to(device) for k, v in collate([data[i] for i in batch_indices], pad_id).items()}
-                    with self.accelerator.accumulate(model):
-                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                        nll = sequence_nll(logits, batch["input_ids"], batch["loss_mask"])  # (B,)
-                        loss = loss_fn(nll, batch["weights"])
-                        self.accelerator.backward(loss)
-                        grad_norm = float("nan")
-                        if self.accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                            grad_norm = float(self.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-                        optimizer.step()
-                        scheduler.step() if self.accelerator.sync_gradients else None
-                        optimizer.zero_grad()
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    nll = sequence_nll(logits, batch["input_ids"], batch["loss_mask"])  # (B,)
+                    loss = loss_fn(nll, batch["weights"])
+                    self.accelerator.backward(loss / window_size)
                     tokens += int(batch["attention_mask"].sum())
                     target_tokens += int(batch["loss_mask"].sum())
                     window_loss += float(loss.detach())
                     window_n += 1
                     epoch_losses.append(float(loss.detach()))
-                    last_micro = b == len(batches) - 1
-                    if self.accelerator.sync_gradients or last_micro:
-                        step += 1
-                        if step % cfg.log_every == 0 or last_micro:
-                            elapsed = time.perf_counter() - start
-                            entry = {"step": step, "epoch": epoch + (b + 1) / len(batches),
-                                     "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
-                                     "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tokens / elapsed}
-                            history.append(entry)
-                            if log is not None:
-                                log.write(json.dumps(entry) + "\n")
-                                log.flush()
-                            window_loss, window_n = 0.0, 0
-                        if progress is not None:
-                            progress(step, total_steps, epoch_losses[-1])
+                    if b + 1 - window_start < window_size:
+                        continue
+                    grad_norm = float("nan")
+                    if cfg.max_grad_norm > 0:
+                        grad_norm = float(self.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                    lr = scheduler.get_last_lr()[0]  # the rate this step uses
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    step += 1
+                    if step % cfg.log_every == 0 or b == len(batches) - 1:
+                        elapsed = time.perf_counter() - start
+                        entry = {"step": step, "epoch": epoch + (b + 1) / len(batches),
+                                 "loss": window_loss / window_n, "lr": lr, "grad_norm": grad_norm,
+                                 "tokens": tokens, "tokens_per_s": tokens / elapsed}
+                        history.append(entry)
+                        if log is not None:
+                            log.write(json.dumps(entry) + "\n")
+                            log.flush()
+                        window_loss, window_n = 0.0, 0
+                    if progress is not None:
+                        progress(step, total_steps, epoch_losses[-1])
         finally:
             if log is not None:
                 log.close()

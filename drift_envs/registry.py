@@ -85,8 +85,11 @@ def resolve_env_id(spec: str) -> str:
                 f"unknown environment '{spec}': cannot import module '{module_name}' ({err})") from None
         target = getattr(module, attr, None)
         if isinstance(target, type) and issubclass(target, gym.Env):
-            gym.register(id=spec, entry_point=target)
-            return spec
+            # gymnasium.make reads "a:b" as "import a, then make b": register under an id without a colon.
+            env_id = f"{module_name}/{attr}"
+            if env_id not in gym.registry:
+                gym.register(id=env_id, entry_point=spec)
+            return env_id
         if attr in gym.registry:  # gymnasium's "module:EnvId" form; importing registered it
             return attr
         raise UnknownEnvError(

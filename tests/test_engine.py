@@ -1,0 +1,189 @@
+"""TransformersEngine with a tiny real model: order, sampling, stop strings, log-probs, reply prefixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from drift_algos.engines.base import SamplingParams, cut_at_stop, prefixes_for
+from drift_algos.engines.transformers_engine import TransformersEngine
+
+# Prompts of different lengths, deliberately not in length order, so the engine's length sort matters.
+PROMPTS = ["What is 37 + 48? " * 3, "hi", "Correct! Incorrect. " * 4, "A B C D", "def return python 12 " * 2]
+CONVERSATIONS = [[{"role": "user", "content": p}] for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> TransformersEngine:
+    """The tiny model with larger random weights, so its greedy replies depend on the prompt.
+
+    With the default initialisation (std 0.02) every prompt greedily continues with the same token,
+    which would hide a mix-up of conversations.
+    """
+    eng = TransformersEngine.from_pretrained(str(tiny_model_dir), batch_size=2)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in eng.model.parameters():
+            if param.ndim == 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return eng
+
+
+def single(engine: TransformersEngine) -> TransformersEngine:
+    """The same model run one conversation at a time (no padding, no sorting)."""
+    return TransformersEngine(engine.model, engine.tokenizer, batch_size=1)
+
+
+def prompt_ids(engine: TransformersEngine, conversation, prefix: str = "") -> list[int]:
+    return engine.tokenizer(engine.render(conversation, prefix), add_special_tokens=False)["input_ids"]
+
+
+def test_n_samples_per_conversation_in_input_order(engine: TransformersEngine) -> None:
+    params = SamplingParams(n=3, max_new_tokens=4, seed=0)
+    results = engine.generate(CONVERSATIONS, params)  # 15 jobs in micro-batches of 2
+    assert len(results) == len(CONVERSATIONS)
+    for conversation, completions in zip(CONVERSATIONS, results, strict=True):
+        assert len(completions) == 3
+        # Each completion belongs to its own conversation: the prompt length says which one it is.
+        assert {c.prompt_tokens for c in completions} == {len(prompt_ids(engine, conversation))}
+        for c in completions:
+            assert 1 <= len(c.token_ids) <= 4
+            assert c.finish_reason in ("stop", "length")
+
+
+def test_greedy_batched_matches_one_at_a_time(engine: TransformersEngine) -> None:
+    params = SamplingParams(temperature=0, max_new_tokens=10)
+    batched = engine.generate(CONVERSATIONS, params)
+    alone = [single(engine).generate([c], params)[0][0] for c in CONVERSATIONS]
+    assert [r[0].token_ids for r in batched] == [a.token_ids for a in alone]
+    assert [r[0].text for r in batched] == [a.text for a in alone]
+    # The replies differ between prompts, so a permutation of the outputs would have been caught.
+    assert len({tuple(a.token_ids) for a in alone}) == len(CONVERSATIONS)
+
+
+def test_greedy_is_deterministic(engine: TransformersEngine) -> None:
+    params = SamplingParams(temperature=0, max_new_tokens=8, n=3)
+    first = engine.generate(CONVERSATIONS[:3], params)
+    second = engine.generate(CONVERSATIONS[:3], params)
+    for a, b in zip(first, second, strict=True):
+        assert [c.token_ids for c in a] == [c.token_ids for c in b]
+        assert a[0].token_ids == a[1].token_ids == a[2].token_ids  # n greedy samples are one sample
+
+
+def test_sampling_seed_reproducibility(engine: TransformersEngine) -> None:
+    def tokens(seed: int) -> list[list[list[int]]]:
+        out = engine.generate(CONVERSATIONS, SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=seed))
+        return [[c.token_ids for c in cs] for cs in out]
+
+    assert tokens(7) == tokens(7)
+    assert tokens(7) != tokens(8)
+
+
+def test_stop_string_cuts_the_text(engine: TransformersEngine) -> None:
+    conversation = CONVERSATIONS[0]
+    full = single(engine).generate([conversation], SamplingParams(temperature=0, max_new_tokens=10))[0][0]
+    assert full.finish_reason == "length"
+    # A stop string taken from the middle of the greedy reply: the first printable ASCII token after the start.
+    tok = engine.tokenizer
+    stop = next(piece for k in range(2, len(full.token_ids) - 1)
+                if (piece := tok.decode(full.token_ids[k : k + 1])).strip() and piece.isascii()
+                and piece.isprintable() and full.text.find(piece) >= len(tok.decode(full.token_ids[:k])))
+    stopped = engine.generate([conversation], SamplingParams(temperature=0, max_new_tokens=10, stop=(stop,)))[0][0]
+    end = full.text.index(stop) + len(stop)
+    assert stopped.text == full.text[:end]
+    assert stopped.text.endswith(stop)
+    assert stopped.finish_reason == "stop"
+    assert len(stopped.token_ids) < len(full.token_ids)
+    assert stopped.token_ids == full.token_ids[: len(stopped.token_ids)]
+
+
+@pytest.mark.parametrize(
+    ("text", "stop", "expected"),
+    [
+        ("37</answer> and more", ("</answer>",), ("37</answer>", True)),
+        ("no stop here", ("</answer>",), ("no stop here", False)),
+        ("anything", (), ("anything", False)),
+        ("a</b>c</a>d", ("</a>", "</b>"), ("a</b>", True)),  # the earliest end wins, not the first listed
+        ("abcd", ("bcd", "bc"), ("abc", True)),  # overlapping stops: the one that ends first
+        ("xx</answer>", ("</answer>", "</answer>"), ("xx</answer>", True)),
+        ("", ("x",), ("", False)),
+    ],
+)
+def test_cut_at_stop(text: str, stop: tuple[str, ...], expected: tuple[str, bool]) -> None:
+    assert cut_at_stop(text, stop) == expected
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
+@pytest.mark.parametrize("stop", [(), ("</answer>",)])
+def test_logprobs_match_a_forward_pass(engine: TransformersEngine, temperature: float, top_p: float,
+                                      stop: tuple[str, ...]) -> None:
+    """Log-probs are the model's own (temperature 1, before top-p), whatever the sampling settings."""
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=12, n=2, seed=3, logprobs=True,
+                            stop=stop)
+    results = engine.generate(CONVERSATIONS, params)
+    for conversation, completions in zip(CONVERSATIONS, results, strict=True):
+        prompt = prompt_ids(engine, conversation)
+        for c in completions:
+            assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
+            ids = torch.tensor([prompt + c.token_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(engine.model(ids).logits[0].float(), dim=-1)  # (T, V)
+            expected = [logp[len(prompt) - 1 + k, token].item() for k, token in enumerate(c.token_ids)]
+            assert c.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_logprobs_can_be_switched_off(engine: TransformersEngine) -> None:
+    out = engine.generate(CONVERSATIONS[:2], SamplingParams(max_new_tokens=3, seed=0, logprobs=False))
+    assert all(c.logprobs is None for cs in out for c in cs)
+
+
+def test_reply_prefix_per_conversation(engine: TransformersEngine) -> None:
+    prefixes = ["<answer>", "", "<think>"]
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    out = engine.generate(CONVERSATIONS[:3], params, reply_prefix=prefixes)
+    model, tok = engine.model, engine.tokenizer
+    for conversation, prefix, (completion,) in zip(CONVERSATIONS[:3], prefixes, out, strict=True):
+        ids = prompt_ids(engine, conversation, prefix)
+        assert completion.prompt_tokens == len(ids)
+        # The completion continues the prompt *with* the prefix, and its text leaves the prefix out.
+        expected = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                  max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+        assert completion.token_ids == expected[: len(completion.token_ids)]
+    # One prefix for all is the same as that prefix repeated.
+    shared = engine.generate(CONVERSATIONS[:3], params, reply_prefix="<answer>")
+    repeated = engine.generate(CONVERSATIONS[:3], params, reply_prefix=["<answer>"] * 3)
+    assert [c[0].token_ids for c in shared] == [c[0].token_ids for c in repeated]
+
+
+def test_reply_prefix_count_must_match(engine: TransformersEngine) -> None:
+    with pytest.raises(ValueError, match="2 reply prefixes for 3 conversations"):
+        engine.generate(CONVERSATIONS[:3], SamplingParams(max_new_tokens=2), reply_prefix=["a", "b"])
+    assert prefixes_for("p", 2) == ["p", "p"]
+
+
+def test_render_appends_the_prefix_after_the_generation_prompt(engine: TransformersEngine) -> None:
+    text = engine.render([{"role": "user", "content": "hi"}], "<answer>")
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<answer>"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"max_new_tokens": 0}, {"n": 0}],
+)
+def test_sampling_params_validation(kwargs: dict) -> None:
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name):
+        SamplingParams(**kwargs)
+
+
+def test_sampling_params_greedy() -> None:
+    assert SamplingParams(temperature=0).greedy
+    assert not SamplingParams(temperature=0.5).greedy
+
+
+def test_engine_batch_size_validation(engine: TransformersEngine) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        TransformersEngine(engine.model, engine.tokenizer, batch_size=0)

@@ -1,0 +1,213 @@
+"""The same checks on every built-in environment: Gymnasium's API, determinism, robustness to
+arbitrary replies, and rollouts with a tiny model through the agent and through `drift rollout`.
+
+New built-in environments join the matrix by being added to ``drift_envs.registry.BUILTIN``.
+An environment whose module does not exist yet is skipped; one that exists but fails to
+import fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+from gymnasium.utils.env_checker import check_env
+from typer.testing import CliRunner
+
+from drift_algos.agent import RolloutAgent, RolloutConfig
+from drift_algos.records import TrajectoryWriter, read_trajectories
+from drift_cli.main import app
+from drift_envs import EpisodeStats, TextEnv
+from drift_envs.registry import ALIASES, BUILTIN
+
+MAX_TURNS = 2
+MAX_NEW_TOKENS = 8
+ENV_KWARGS = {"max_turns": MAX_TURNS, "max_actions": MAX_TURNS}
+"""What every environment gets here; everything else is the environment's default (offline by design)."""
+
+ODD_REPLIES = (
+    "",
+    "<answer>",
+    "<answer></answer>",
+    "<answer> [your answer] </answer>",
+    "<answer>" + "9" * 5000 + "</answer>",
+    "<answer>\u00fc\U0001f600\x00\x1b[31m</answer>",
+    "<think>hmm</think><answer>A</answer>",
+    "```python\nimport os\nos._exit(3)\n```",
+    "```python\ndef f(:\n```",
+    "</answer><answer>1</answer><answer>2</answer>",
+)
+"""Replies a model can write: empty, unclosed, placeholder, huge, control characters, code that kills its process."""
+
+
+def _module(env_id: str) -> str:
+    return BUILTIN[env_id].partition(":")[0]
+
+
+def _require(env_id: str) -> None:
+    # A module another contributor has not written yet skips; an import error in a written one fails.
+    if importlib.util.find_spec(_module(env_id)) is None:
+        pytest.skip(f"{_module(env_id)} does not exist yet")
+    importlib.import_module(_module(env_id))
+
+
+ENV_IDS = sorted(BUILTIN)
+FIRST_ALIAS = {target: alias for alias, target in reversed(list(ALIASES.items()))}
+"""One CLI alias per built-in id (the first listed)."""
+
+
+def make(env_id: str, **kwargs) -> gym.Env:
+    return gym.make(env_id, disable_env_checker=True, **{**ENV_KWARGS, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tiny random chat model (tests/tiny.py), generating on one CPU thread."""
+    import torch
+    from tiny import build_model_dir
+
+    # A model this small spends its time handing work between threads, not computing.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield build_model_dir(tmp_path_factory.mktemp("tiny-model"))
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path):
+    from drift_algos.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine.from_pretrained(str(tiny_model), batch_size=8)
+
+
+def test_every_builtin_env_has_a_cli_alias() -> None:
+    assert set(FIRST_ALIAS) == set(BUILTIN)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env(env_id: str) -> None:
+    _require(env_id)
+    env = gym.make(env_id, **ENV_KWARGS)  # with Gymnasium's passive checker around it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the checker reports problems as warnings
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        check_env(env.unwrapped)
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_reset_is_deterministic(env_id: str) -> None:
+    _require(env_id)
+    first, second = make(env_id), make(env_id)
+    observations = set()
+    for seed in range(8):
+        observation, info = first.reset(seed=seed)
+        assert second.reset(seed=seed) == (observation, info)
+        first.step("<answer>0</answer>")  # stepping must not change what the next reset with this seed gives
+        assert first.reset(seed=seed) == (observation, info)
+        observations.add(observation)
+        picked = first.reset(seed=seed, options={"problem_index": 1})
+        assert second.reset(seed=seed, options={"problem_index": 1}) == picked
+        assert picked[1]["problem_id"] == first.unwrapped.problems[1].id
+    assert len(observations) > 1, "every seed gave the same problem"
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_arbitrary_replies_do_not_crash(env_id: str) -> None:
+    _require(env_id)
+    env = make(env_id)
+    env.action_space.seed(0)
+    replies = [env.action_space.sample() for _ in range(6)] + list(ODD_REPLIES)
+    reply_iter = iter(replies)
+    seed = 0
+    while (reply := next(reply_iter, None)) is not None:
+        observation, _ = env.reset(seed=seed)
+        seed += 1
+        total, steps, done = 0.0, 0, False
+        while not done and reply is not None:
+            observation, reward, terminated, truncated, info = env.step(reply)
+            steps += 1
+            assert isinstance(observation, str) and observation and env.observation_space.contains(observation)
+            assert isinstance(reward, float) and math.isfinite(reward)
+            assert isinstance(terminated, bool) and isinstance(truncated, bool)
+            total += reward
+            done = terminated or truncated
+            if not done:
+                reply = next(reply_iter, None)
+        if not done:
+            break
+        assert steps <= MAX_TURNS
+        stats = info["episode"]
+        assert isinstance(stats, EpisodeStats) and stats.num_turns == steps
+        # The Gymnasium rewards of an episode add up to its record's undiscounted return.
+        expected = sum(stats.turn_rewards.values()) + stats.format_penalty - stats.repetition_penalty
+        assert total == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_rollout_agent_records(env_id: str, engine, tmp_path: Path) -> None:
+    _require(env_id)
+    agent = RolloutAgent(engine, lambda: make(env_id), env_id=env_id, model_name="tiny")
+    cfg = RolloutConfig(num_prompts=2, n=2, max_new_tokens=MAX_NEW_TOKENS, seed=0)
+    out = tmp_path / "rollouts.jsonl"
+    with TrajectoryWriter(out) as writer:
+        records, summary = agent.run(cfg, writer=writer)
+    assert summary.metrics.episodes == len(records) == 4
+    assert summary.replies == sum(r.num_turns for r in records)
+
+    release_fields = {"prompt_id", "gold", "messages", "verifier", "turn_rewards", "reward_details", "t_star",
+                      "answer_norms", "format_penalty"}
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 4 and all(release_fields <= set(row) for row in rows)
+    reread = read_trajectories(out)
+    assert [r.to_dict() for r in reread] == [r.to_dict() for r in records]
+
+    probe = make(env_id).unwrapped
+    assert isinstance(probe, TextEnv)
+    problems = {p.id: p for p in probe.problems}
+    groups: dict[str, list] = {}
+    for record in records:
+        groups.setdefault(record.prompt_id, []).append(record)
+        assert record.env_id == env_id and record.model == "tiny"
+        assert record.gold == problems[record.prompt_id].answer
+        roles = [m["role"] for m in record.messages]
+        assert roles[0] == ("system" if probe.system_prompt else "user") and roles[-1] == "assistant"
+        assert 1 <= record.num_turns <= MAX_TURNS
+        assert set(record.verifier) == set(record.turn_rewards) == {f"t{t}" for t in range(1, MAX_TURNS + 1)}
+        assert len(record.turn_tokens) == record.num_turns and max(record.turn_tokens) <= MAX_NEW_TOKENS
+        assert record.format_penalty == pytest.approx(sum(d["format_penalty"] for d in record.reward_details.values()))
+        assert record.success == (record.t_star is not None)
+    assert len(groups) == 2
+    for prompt_id, members in groups.items():
+        assert sorted(r.sample_index for r in members) == [0, 1]
+        first_user = {next(m["content"] for m in r.messages if m["role"] == "user") for r in members}
+        assert len(first_user) == 1  # one prompt per group
+        # ... and it is what the environment shows for that problem. With seed 0 the agent resets
+        # group g with seed g (the seed matters where the prompt does: the options' lettering).
+        shown = {make(env_id).reset(seed=g, options={"problem_id": prompt_id})[0] for g in range(cfg.num_prompts)}
+        assert first_user <= shown
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_cli_rollout(env_id: str, tiny_model: Path, tmp_path: Path) -> None:
+    _require(env_id)
+    alias = FIRST_ALIAS[env_id]
+    out = tmp_path / "x.jsonl"
+    result = CliRunner().invoke(app, [
+        "rollout", "--env", alias, "--model", str(tiny_model), "--num-prompts", "2", "--n", "2",
+        "--max-turns", str(MAX_TURNS), "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(out),
+    ])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    records = read_trajectories(out)
+    assert len(records) == 4 and {r.env_id for r in records} == {env_id}
+    assert len({r.prompt_id for r in records}) == 2
+    assert all(r.num_turns <= MAX_TURNS and max(r.turn_tokens) <= MAX_NEW_TOKENS for r in records)
+    summary = json.loads(out.with_suffix(".summary.json").read_text(encoding="utf-8"))
+    assert summary["env_id"] == env_id and summary["episodes"] == 4

@@ -1,0 +1,460 @@
+"""The sandbox against hostile programs: each is contained and the machine is healthy afterwards.
+
+After every test an autouse fixture checks that no sandboxed process is left (by the marker on
+their command line and by the sandbox user ids, scanning /proc) and that no per-run directory
+is left in the temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from drift_envs.sandbox import (
+    MARKER,
+    SANDBOX_UID_BASE,
+    SandboxConfig,
+    SandboxError,
+    SandboxStatus,
+    run_python,
+    run_suite,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
+
+IS_ROOT = os.geteuid() == 0
+FAST = dict(wall_time_s=5.0, cpu_time_s=2, memory_bytes=256 << 20, file_size_bytes=1 << 20)
+"""Tight limits so the whole file runs in seconds."""
+
+
+def fast(**overrides) -> SandboxConfig:
+    return SandboxConfig(**{**FAST, **overrides})
+
+
+def run(source: str, **overrides):
+    return run_python(textwrap.dedent(source), fast(**overrides))
+
+
+def _proc(pid: int) -> tuple[str, dict[str, str]] | None:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return cmdline, dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+
+
+def _is_sandbox(cmdline: str, fields: dict[str, str]) -> bool:
+    return MARKER in cmdline or int(fields["Uid"].split()[0]) >= SANDBOX_UID_BASE
+
+
+def _ours_or_orphaned(pid: int) -> bool:
+    """The sandbox process's first non-sandbox ancestor is this test process, or init (a leaked
+    sandbox process is re-parented there). Another live test run's sandboxes are neither."""
+    seen = set()
+    while pid not in seen:
+        seen.add(pid)
+        info = _proc(pid)
+        if info is None:
+            return True  # its parent vanished: it is being re-parented to init
+        parent = int(info[1]["PPid"])
+        if parent in (0, 1) or parent == os.getpid():
+            return True
+        parent_info = _proc(parent)
+        if parent_info is None:
+            return True
+        if not _is_sandbox(*parent_info):
+            return False
+        pid = parent
+    return True
+
+
+def _sandbox_processes() -> list[str]:
+    """Processes that carry the sandbox marker or run as a sandbox user id: live ones, and
+    dead ones (zombies) that this process has not reaped. A killed grandchild is a zombie
+    until init reaps it; that is init's, not ours. Other test runs' sandboxes (concurrent
+    pytest processes) are left out."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or (info := _proc(int(name))) is None:
+            continue
+        cmdline, fields = info
+        zombie = fields["State"].split()[0] in ("Z", "X")
+        if zombie and int(fields["PPid"]) != os.getpid():
+            continue
+        if _is_sandbox(cmdline, fields) and _ours_or_orphaned(int(name)):
+            uid = int(fields["Uid"].split()[0])
+            found.append(f"{name}: uid {uid}: {fields['State'].strip()}: {cmdline[:80]}")
+    return found
+
+
+def _run_dirs() -> set[str]:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"{MARKER}-")}
+
+
+@pytest.fixture(autouse=True)
+def machine_stays_healthy():
+    dirs_before = _run_dirs()
+    yield
+    assert _sandbox_processes() == []
+    assert _run_dirs() - dirs_before == set()
+
+
+# -- ordinary programs -------------------------------------------------------------------------
+
+
+def test_passing_program_output_and_clean_environment(monkeypatch):
+    monkeypatch.setenv("DRIFT_SANDBOX_SECRET", "s3cr3t-value-42")
+    result = run("""
+        import os
+        print("hello")
+        print(sorted(os.environ))
+        print(os.listdir("."))
+        print(repr(os.environ.get("DRIFT_SANDBOX_SECRET")))
+    """)
+    assert result.status is SandboxStatus.PASSED, result.stderr
+    assert result.ok and result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == "hello"
+    assert "DRIFT_SANDBOX_SECRET" not in lines[1] and "PATH" in lines[1]
+    assert lines[2] == "[]"  # an empty working directory
+    assert lines[3] == "None"
+    assert result.duration_s > 0 and result.cpu_time_s > 0 and result.max_rss_bytes > 0
+
+
+def test_parent_environment_not_readable_through_proc(monkeypatch):
+    monkeypatch.setenv("DRIFT_SANDBOX_SECRET", "s3cr3t-value-42")
+    result = run("""
+        import os
+        try:
+            print(open(f"/proc/{os.getppid()}/environ", "rb").read())
+        except OSError as err:
+            print("refused", type(err).__name__)
+    """)
+    assert "s3cr3t-value-42" not in result.stdout + result.stderr
+    if result.uid is None:
+        pytest.skip("not root: the program runs as the same user and could read /proc/<parent>/environ")
+    assert "refused PermissionError" in result.stdout
+
+
+def test_failing_program_reports_the_traceback():
+    result = run("""
+        def f():
+            raise ValueError("boom")
+        f()
+    """)
+    assert result.status is SandboxStatus.FAILED
+    assert result.returncode == 1
+    assert "ValueError: boom" in result.stderr
+    assert 'File "main.py", line 3, in f' in result.stderr
+
+
+def test_syntax_error():
+    result = run("def f(:\n    pass\n")
+    assert result.status is SandboxStatus.SYNTAX_ERROR
+    assert "SyntaxError" in result.stderr and "main.py" in result.stderr
+
+
+def test_sys_exit_code_is_kept():
+    assert run("import sys; sys.exit(3)").returncode == 3
+    assert run("import sys; sys.exit(0)").status is SandboxStatus.PASSED
+
+
+def test_files_inside_the_working_directory_work():
+    result = run("""
+        import os, shutil, tempfile
+        with open("out.txt", "w") as handle:
+            handle.write("data")
+        print(open("out.txt").read(), tempfile.mkstemp()[1].startswith(os.getcwd()))
+        with tempfile.TemporaryDirectory() as scratch:  # cleaned up with dir_fd-relative calls
+            os.makedirs(os.path.join(scratch, "a", "b"))
+        os.makedirs("x/y")
+        shutil.rmtree("x")
+        print(sorted(p for p in os.listdir(".") if not p.startswith("tmp")))
+    """)
+    assert result.stdout.split("\n")[:2] == ["data True", "['out.txt']"], result.stdout + result.stderr
+
+
+def test_unremovable_files_and_links_are_cleaned_up_without_following_links(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    result = run(f"""
+        import os
+        os.makedirs("locked/inner")
+        open("locked/inner/f.txt", "w").write("x")
+        os.symlink({str(victim)!r}, "link")
+        os.symlink({str(tmp_path)!r}, "dirlink")
+        os.chmod("locked/inner", 0)
+        os.chmod("locked", 0)
+    """, guard=False)
+    assert result.status is SandboxStatus.PASSED, result.stderr
+    assert victim.read_text() == "original"  # the fixture checks the run directory is gone
+
+
+def test_sandbox_setup_failure_is_an_error_not_a_crash():
+    result = run_python("print(1)", fast(python="/nonexistent/python3"))
+    assert result.status is SandboxStatus.ERROR and "cannot start" in result.message
+    with pytest.raises(SandboxError):
+        run_suite("x = 1", ["assert x == 1"], config=fast(python="/nonexistent/python3"))
+
+
+# -- hostile programs ----------------------------------------------------------------------------
+
+
+def test_infinite_loop_hits_the_cpu_limit():
+    start = time.monotonic()
+    result = run("while True:\n    pass\n", cpu_time_s=1, wall_time_s=10)
+    assert result.status is SandboxStatus.TIMEOUT
+    assert "CPU-time limit" in result.message
+    assert time.monotonic() - start < 4
+
+
+def test_sleeping_forever_hits_the_wall_clock_limit():
+    start = time.monotonic()
+    result = run("import time\ntime.sleep(1000)\n", wall_time_s=0.8)
+    assert result.status is SandboxStatus.TIMEOUT
+    assert "wall-clock limit" in result.message
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("program", [
+    "x = bytearray(8 << 30)\n",
+    "chunks = []\nwhile True:\n    chunks.append(bytearray(10 ** 7))\n",
+])
+def test_memory_bomb_hits_the_memory_limit(program):
+    result = run(program, memory_bytes=256 << 20)
+    assert result.status is SandboxStatus.MEMORY_LIMIT
+    assert result.max_rss_bytes < 300 << 20
+
+
+def test_fork_bomb_is_refused_by_the_guard():
+    result = run("import os\nwhile True:\n    os.fork()\n")
+    assert result.status is SandboxStatus.FAILED
+    assert "PermissionError: sandbox: os.fork is not allowed" in result.stderr
+
+
+@pytest.mark.parametrize("program", [
+    # The guard switched off: only the process limit stands in the way.
+    ("import os\nwhile True:\n    os.fork()\n", False),
+    ("import subprocess\nsubprocess.Popen(['sleep', '60'])\n", False),
+    ("import os\nif os.fork() == 0:\n    os.setsid()\n    import time\n    time.sleep(60)\n", False),
+    # The guard bypassed by re-importing the builtin module.
+    ("import sys\ndel sys.modules['posix']\nimport posix\nwhile True:\n    posix.fork()\n", True),
+])
+def test_fork_bomb_is_stopped_by_the_process_limit(program):
+    source, guard = program
+    if IS_ROOT and not fast().drop_privileges:
+        pytest.skip("root without the user switch: RLIMIT_NPROC is not enforced")
+    result = run(source, guard=guard)
+    assert result.status is SandboxStatus.FAILED
+    assert "BlockingIOError" in result.stderr  # EAGAIN from fork()
+
+
+def test_subprocess_import_is_refused_by_the_guard():
+    result = run("import subprocess\nsubprocess.run(['true'])\n")
+    assert result.status is SandboxStatus.FAILED
+    assert "ModuleNotFoundError" in result.stderr or "ImportError" in result.stderr
+
+
+def test_processes_started_under_a_looser_limit_are_killed():
+    # Up to 3 extra processes may start; they sleep forever and must be gone afterwards
+    # (checked by the fixture), both the process group and a process that left it.
+    result = run("""
+        import os, time
+        for _ in range(2):
+            if os.fork() == 0:
+                os.setsid()
+                time.sleep(60)
+        time.sleep(60)
+    """, guard=False, max_processes=3, wall_time_s=1.0)
+    if result.uid is None:
+        pytest.skip("no fresh user id (not root): the process limit counts all of this user's processes")
+    assert result.status is SandboxStatus.TIMEOUT
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_writing_outside_the_working_directory_fails(tmp_path, guard):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original")
+    new_file = tmp_path / "created.txt"
+    result = run(f"""
+        for path, mode in (({str(victim)!r}, "w"), ({str(victim)!r}, "a"), ({str(new_file)!r}, "x")):
+            try:
+                with open(path, mode) as handle:
+                    handle.write("pwned")
+                print("wrote", path)
+            except OSError as err:
+                print("refused", type(err).__name__)
+    """, guard=guard)
+    if not guard and result.uid is None:
+        pytest.skip("not root: without the guard the program has the test's own permissions")
+    assert victim.read_text() == "original"
+    assert not new_file.exists()
+    assert result.stdout.split().count("refused") == 3, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_deleting_files_outside_fails(tmp_path, guard):
+    victim = tmp_path / "keep" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("original")
+    result = run(f"""
+        import os, shutil
+        for action in (lambda: os.remove({str(victim)!r}), lambda: shutil.rmtree({str(tmp_path)!r}),
+                       lambda: os.rename({str(victim)!r}, "stolen.txt"), lambda: os.chmod({str(victim)!r}, 0)):
+            try:
+                action()
+                print("done")
+            except OSError as err:
+                print("refused", type(err).__name__)
+    """, guard=guard)
+    if not guard and result.uid is None:
+        pytest.skip("not root: without the guard the program has the test's own permissions")
+    assert victim.read_text() == "original"
+    assert (victim.stat().st_mode & 0o777) != 0
+    assert result.stdout.split().count("refused") == 4, result.stdout + result.stderr
+
+
+def test_network_is_unreachable():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    program = f"""
+        import socket
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"leak")
+            print("connected")
+        except OSError as err:
+            print("refused", err.errno)
+    """
+    try:
+        result = run(program)
+        if not result.network_isolated:
+            pytest.skip("no network namespace here (needs CAP_SYS_ADMIN or unprivileged user namespaces)")
+        assert result.stdout.startswith("refused"), result.stdout + result.stderr
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+        # The same program without the namespace does reach the port: the check above is real.
+        open_result = run(program, network="off")
+        assert not open_result.network_isolated and open_result.stdout.strip() == "connected"
+        listener.setblocking(True)
+        listener.settimeout(2)
+        listener.accept()[0].close()
+    finally:
+        listener.close()
+
+
+def test_required_network_isolation_fails_cleanly_where_impossible():
+    result = run("print('ran')", network="require")
+    if result.network_isolated:
+        assert result.status is SandboxStatus.PASSED and result.stdout == "ran\n"
+    else:
+        assert result.status is SandboxStatus.ERROR and "network namespace" in result.message
+        assert result.stdout == ""
+
+
+def test_huge_output_is_truncated():
+    result = run("import sys\nsys.stdout.write('x' * (5 << 20))\nsys.stderr.write('e' * (5 << 20))\n",
+                 max_output_bytes=1000, file_size_bytes=8 << 20)
+    assert result.status is SandboxStatus.PASSED
+    assert result.stdout == "x" * 1000 and result.stdout_truncated
+    assert result.stderr == "e" * 1000 and result.stderr_truncated
+    assert result.duration_s < 3
+
+
+def test_endless_output_stops_at_the_file_size_limit():
+    result = run("while True:\n    print('spam' * 100)\n")
+    assert result.status is SandboxStatus.FAILED
+    assert result.stdout_truncated
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_killing_the_parent_fails(guard):
+    result = run("""
+        import os, signal
+        for target in (os.getppid(), -os.getpgid(os.getppid())):
+            try:
+                os.kill(target, signal.SIGKILL)
+                print("sent")
+            except (PermissionError, ProcessLookupError) as err:
+                print("refused", type(err).__name__)
+    """, guard=guard)
+    if not guard and result.uid is None:
+        pytest.skip("not root: without the guard the program could signal the test process")
+    assert os.getpid() > 0  # still here
+    assert result.stdout.split().count("refused") == 2, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="kill(-1) as the host's own user would hit the host's processes")
+def test_kill_everything_reaches_only_the_sandbox():
+    result = run("""
+        import os, signal
+        if os.getuid() < (1 << 30):
+            raise SystemExit("not running as a sandbox user")
+        os.kill(-1, signal.SIGKILL)
+        print("survived")
+    """, guard=False)
+    assert result.uid is not None
+    assert os.getpid() > 0  # still here
+
+
+def test_segfault_is_a_crash():
+    result = run("import ctypes\nctypes.string_at(0)\n", guard=False)
+    assert result.status is SandboxStatus.CRASHED
+    assert "SIGSEGV" in result.message
+
+
+# -- test suites -------------------------------------------------------------------------------------
+
+
+def test_suite_partial_credit_and_checked_values():
+    result = run_suite(
+        "def add(a, b):\n    return a - b\n",
+        ["assert add(2, 0) == 2", "assert add(2, 3) == 5", "x = 1\nassert 2 == add(x, x)", "assert add(1, 'a') == 0"],
+        config=fast(),
+    )
+    assert [case.passed for case in result.cases] == [True, False, False, False]
+    assert result.passed == 1 and result.total == 4 and result.score == 0.25 and not result.all_passed
+    assert result.first_failure is result.cases[1]
+    assert result.cases[1].error == "AssertionError" and result.cases[1].got == "-1"
+    assert result.cases[2].got == "0"
+    assert result.cases[3].error.startswith("TypeError") and 'File "solution.py", line 2' in result.cases[3].traceback
+
+
+def test_suite_uses_prelude_and_setup():
+    result = run_suite("def double(x):\n    return helper(x)\n", ["assert double(K) == 6"],
+                       prelude="def helper(x):\n    return 2 * x\n", setup="K = 3", config=fast())
+    assert result.all_passed, result
+
+
+def test_suite_reports_errors_before_the_tests():
+    result = run_suite("raise RuntimeError('at import')", ["assert True"], config=fast())
+    assert result.load_stage == "solution" and result.load_error == "RuntimeError: at import"
+    assert not result.cases[0].passed and "not run" in result.cases[0].error
+
+
+def test_suite_test_timeout_keeps_other_results():
+    result = run_suite("def f(x):\n    while x:\n        pass\n    return 0\n",
+                       ["assert f(0) == 0", "assert f(1) == 0", "assert f(0) == 0"], test_timeout_s=0.3, config=fast())
+    assert [case.passed for case in result.cases] == [True, False, True]
+    assert result.cases[1].error.startswith("Timeout")
+
+
+def test_suite_ignores_forged_results_and_early_exit():
+    forged = (b'{"test": 0, "passed": true}\n{"test": 1, "passed": true, "nonce": "0"}\n')
+    result = run_suite(
+        f"import os, sys\nos.write(3, {forged!r})\nprint('{{\"test\": 0, \"passed\": true}}')\n"
+        "def f():\n    return 0\n",
+        ["assert f() == 1", "import os\nos._exit(0)", "assert f() == 0"], config=fast(),
+    )
+    assert [case.passed for case in result.cases] == [False, False, False]
+    assert "not run" in result.cases[2].error
