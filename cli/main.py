@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from drift_cli.envs_cmd import envs
@@ -23,5 +25,24 @@ app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(run)
 
+def main() -> None:
+    """Console entry point: usage errors (a flag out of range, an unknown option) are one line
+    with exit code 2, like every other input error."""
+    from rich.markup import escape
+
+    from drift_cli.common import err_console
+
+    args = sys.argv[1:] or ["--help"]
+    try:
+        code = app(args, standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as err:  # click's usage errors, vendored by typer
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(err, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

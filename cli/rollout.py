@@ -40,8 +40,9 @@ def rollout(
                                                        "environment's suggestion (64 for an answer-only reply, "
                                                        "512 with --env-arg think=true).")] = None,
     split: Annotated[str, typer.Option(help="Problem split (train or test).")] = "train",
-    source: Annotated[str | None, typer.Option(help="Problem source (math: procedural, gsm8k, math, math500, "
-                                               "metamath).")] = None,
+    source: Annotated[str | None, typer.Option(help="Problem source. math: procedural, gsm8k, math, math500, "
+                                               "metamath; gpqa: procedural, gpqa, mmlu, mmlu_pro, mmlu_redux; "
+                                               "code: builtin, humaneval, mbpp.")] = None,
     data: Annotated[str | None, typer.Option(help="Local file or Hub id for the problem source.")] = None,
     feedback: Annotated[str | None, typer.Option(help="Feedback mode: simple or full.")] = None,
     parse: Annotated[str | None, typer.Option(help="Answer parsing: strict (closing tag required) or lenient.")] = None,

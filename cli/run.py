@@ -141,6 +141,7 @@ def train(
     """Train a model on trajectories with an algorithm; writes a Hugging Face / PEFT checkpoint."""
     setup_logging(verbose)
     with user_errors():
+        from drift_algos.algorithms import ALGORITHMS
         from drift_algos.models import load_model, load_tokenizer
         from drift_algos.pipeline import make_algorithm
         from drift_algos.presets import get_preset
@@ -154,19 +155,18 @@ def train(
             lora=lora, learning_rate=lr, epochs=epochs, batch_size=batch_size).items() if v is not None})
         p.drift = dataclasses.replace(p.drift, **{k: v for k, v in dict(beta=beta, gamma=gamma).items()
                                                   if v is not None})
-        from drift_algos.pipeline import ALGORITHMS
-
         if algo not in ALGORITHMS:
             raise ValueError(f"unknown algorithm '{algo}' (available: {', '.join(ALGORITHMS)})")
         records = read_trajectories(trajectories)
-        sample_set = make_algorithm(algo, p).samples(records)
+        algorithm = make_algorithm(algo, p)
+        sample_set = algorithm.samples(records)
         if not sample_set.samples:
             raise ValueError(f"{algo}: no training samples left from {len(records)} trajectories")
         trainer = Trainer(load_model(model), load_tokenizer(model), p.train)
         out.mkdir(exist_ok=True)
         reporter = RichReporter()
         update = reporter.progress("train")
-        result = trainer.fit(sample_set.samples, loss_fn=make_algorithm(algo, p).loss, log_path=out / "train_log.jsonl",
+        result = trainer.fit(sample_set.samples, loss_fn=algorithm.loss, log_path=out / "train_log.jsonl",
                              progress=update)
         reporter.done("train")
         trainer.save(out)

@@ -137,7 +137,7 @@ class RolloutAgent:
         rng = np.random.default_rng(cfg.seed)
         return [int(i) for i in rng.choice(self.num_problems, size=cfg.num_prompts, replace=False)]
 
-    def _start(self, group: int, sample: int, problem: int | None, cfg: RolloutConfig) -> tuple[_Episode, str]:
+    def _start(self, group: int, sample: int, problem: int | None, cfg: RolloutConfig) -> _Episode:
         env = self.make_env()
         options = {"problem_index": problem} if problem is not None else None
         # Same seed for every member: the group starts from one identical prompt.
@@ -147,7 +147,7 @@ class RolloutAgent:
             messages.append({"role": "system", "content": self.system_prompt})
         messages.append({"role": "user", "content": observation})
         prompt_id = str(info.get("problem_id", f"{self.env_id}-{group}"))
-        return _Episode(env, group, sample, prompt_id, str(info.get("gold", "")), messages), prompt_id
+        return _Episode(env, group, sample, prompt_id, str(info.get("gold", "")), messages)
 
     def run(
         self,
@@ -168,7 +168,7 @@ class RolloutAgent:
         while pending or live:
             while pending and (not live or len(live) + cfg.n <= cfg.max_live):
                 group, problem = pending.pop()
-                live.extend(self._start(group, s, problem, cfg)[0] for s in range(cfg.n))
+                live.extend(self._start(group, s, problem, cfg) for s in range(cfg.n))
             params = SamplingParams(
                 temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                 seed=cfg.seed * 7919 + step, stop=self.stop, logprobs=cfg.logprobs,

@@ -159,10 +159,9 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
         raise ValueError(f"{cfg.algo}: no training samples left from {len(trajectories)} trajectories "
                          "(no successful trajectory?); sample more prompts or raise the temperature")
     trainer = Trainer(model, tokenizer, preset.train)
-    train_progress = reporter.progress("train")
     train_result = trainer.fit(
         sample_set.samples, loss_fn=algorithm.loss, log_path=out / "train_log.jsonl",
-        progress=(lambda step, total, loss: train_progress(step, total, loss)) if train_progress else None,
+        progress=reporter.progress("train"),
     )
     reporter.done("train")
     trainer.save(out / "checkpoint")
@@ -232,7 +231,7 @@ def plot_multi_at_k(base: EvalResult, trained: EvalResult, path: Path, *, title:
     ax.set_xticks(range(1, base.metrics.max_turns + 1))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

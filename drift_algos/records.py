@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from drift_envs.loading import DataError
+from drift_envs.loading import DataError, iter_jsonl
 
 _TURN_KEY = re.compile(r"^t(\d+)$")
 ROLES = ("system", "user", "assistant")
@@ -178,21 +178,8 @@ class TrajectoryWriter:
 
 def iter_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(where, row)`` for each JSON line; a malformed line raises :class:`DataError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            yield where, row
+    for row in iter_jsonl(path):
+        yield row.where, dict(row.data)
 
 
 def read_trajectories(path: str | Path) -> list[Trajectory]:

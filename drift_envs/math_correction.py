@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,11 +65,11 @@ class MathCorrectionEnv(TextEnv):
 
     instruction = "You are solving Math problems. Only give the final answer between <answer> and </answer>."
 
+    config_class = MathEnvConfig
+
     def __init__(self, config: MathEnvConfig | None = None, render_mode: str | None = None, **overrides):
-        # Keyword settings apply on top of a given config (gym.make(id, config=cfg, max_turns=3)).
-        config = dataclasses.replace(config, **overrides) if config is not None else MathEnvConfig(**overrides)
-        super().__init__(config, render_mode)
-        self.config: MathEnvConfig = config
+        super().__init__(config, render_mode, **overrides)
+        config = self.config
         if config.problems is not None:
             self._problems: Sequence[Problem] = tuple(config.problems)
         else:

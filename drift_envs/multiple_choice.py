@@ -28,7 +28,6 @@ letter is the normalised answer, so ``B`` and the text of option B count as a re
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import re
@@ -229,13 +228,11 @@ class MultipleChoiceEnv(TextEnv):
 
     instruction = mc_instruction(4)
 
+    config_class = MCEnvConfig
+
     def __init__(self, config: MCEnvConfig | None = None, render_mode: str | None = None, **overrides: Any):
-        if config is None:
-            config = MCEnvConfig(**overrides)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        super().__init__(config, render_mode)
-        self.config: MCEnvConfig = config
+        super().__init__(config, render_mode, **overrides)
+        config = self.config
         if config.problems is not None:
             self._problems: tuple[MCProblem, ...] = tuple(config.problems)
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import zlib
 from collections.abc import Sequence
@@ -51,12 +50,11 @@ class WordEnv(TextEnv):
 
     instruction = "You are reversing words. Only give the reversed word between <answer> and </answer>."
 
+    config_class = WordEnvConfig  # keyword arguments (from gymnasium.make or the CLI) become its fields
+
     def __init__(self, config: WordEnvConfig | None = None, render_mode: str | None = None, **overrides):
-        # Keyword settings (from gymnasium.make or the command line) apply on top of a config.
-        config = dataclasses.replace(config, **overrides) if config is not None else WordEnvConfig(**overrides)
-        super().__init__(config, render_mode)
-        self.config: WordEnvConfig = config
-        words = make_words(config.num_problems, config.split, config.problem_seed)
+        super().__init__(config, render_mode, **overrides)
+        words = make_words(self.config.num_problems, self.config.split, self.config.problem_seed)
         self._problems = tuple(
             Problem(id=f"word-{word}", question=word, answer=word[::-1], source="word_env") for word in words
         )
