@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -37,8 +38,8 @@ def rollout(
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature (0: greedy).")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Token limit per reply; default: the "
-                                                       "environment's suggestion (64 for an answer-only reply, "
-                                                       "512 with --env-arg think=true).")] = None,
+                                                       "environment's suggestion (math: 20 for an answer-only reply, "
+                                                       "512 with --env-arg think=true; code: 512).")] = None,
     split: Annotated[str, typer.Option(help="Problem split (train or test).")] = "train",
     source: Annotated[str | None, typer.Option(help="Problem source. math: procedural, gsm8k, math, math500, "
                                                "metamath; gpqa: procedural, gpqa, mmlu, mmlu_pro, mmlu_redux; "
@@ -71,17 +72,18 @@ def rollout(
         kwargs = env_kwargs(max_turns=max_turns, feedback=feedback, parse=parse, source=source, data=data,
                             split=split, extra=env_arg)
         make = lambda: gym.make(env_id, disable_env_checker=True, **kwargs)  # noqa: E731
-        probe = make().unwrapped
+        make().close()  # one environment first: bad environment arguments fail before the model loads
         if out is None:
             stem = env.replace("/", "_").replace(":", "_")
             out = Path("runs") / "rollouts" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
         check_out_path(out)
         cfg = RolloutConfig(num_prompts=num_prompts, n=n, temperature=temperature, top_p=top_p,
-                            max_new_tokens=max_new_tokens or getattr(probe, "max_reply_tokens", 512), seed=seed)
+                            max_new_tokens=max_new_tokens, seed=seed)
         with console.status(f"loading model {model}"):
             eng = make_engine(engine, model, batch_size=batch_size)
         agent = RolloutAgent(eng, make, env_id=env_id, model_name=model)
+        cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens or agent.max_reply_tokens)
         problems = agent.choose_problems(cfg)
         with TrajectoryWriter(out) as writer, progress_bar() as bar:
             task = bar.add_task("rollout", total=len(problems) * n, extra="")

@@ -181,7 +181,8 @@ def eval_(
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to load on top of --model.")] = None,
     num_problems: Annotated[int, typer.Option(min=1, help="Held-out problems (the first of the split).")] = 256,
     max_turns: Annotated[int, typer.Option(min=1, help="Turn limit.")] = 3,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Token limit per reply.")] = 24,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Token limit per reply; default: the "
+                                                       "environment's suggestion.")] = None,
     split: Annotated[str, typer.Option(help="Problem split.")] = "test",
     source: Annotated[str | None, typer.Option(help="Problem source of the environment.")] = None,
     data: Annotated[str | None, typer.Option(help="Local file or Hub id for the problem source.")] = None,

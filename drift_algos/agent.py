@@ -14,6 +14,7 @@ empty defaults and a record built from their rewards and ``info["success"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -41,8 +42,8 @@ class RolloutConfig:
     """Sampling temperature (0: greedy)."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
-    max_new_tokens: int = 512
-    """Token limit per turn."""
+    max_new_tokens: int | None = None
+    """Token limit per turn; ``None``: the environment's ``max_reply_tokens`` (512 if it has none)."""
     seed: int = 0
     """Seed for the choice of problems, the environments' resets and sampling."""
     shuffle: bool = True
@@ -54,7 +55,7 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_prompts", "n", "max_new_tokens", "max_live"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
@@ -120,6 +121,7 @@ class RolloutAgent:
         self.reply_prefix: str = getattr(probe, "reply_prefix", "")
         self.system_prompt: str | None = getattr(probe, "system_prompt", None)
         self.stop: tuple[str, ...] = tuple(getattr(probe, "stop_strings", ()))
+        self.max_reply_tokens: int = int(getattr(probe, "max_reply_tokens", 512))
         config = getattr(probe, "config", None)
         self.max_turns: int | None = getattr(config, "max_turns", None)
         problems = getattr(probe, "problems", None)
@@ -158,6 +160,8 @@ class RolloutAgent:
         progress: ProgressFn | None = None,
     ) -> tuple[list[Trajectory], RolloutSummary]:
         """Run ``cfg.num_prompts`` groups of ``cfg.n`` episodes; stream records to ``writer``."""
+        if cfg.max_new_tokens is None:
+            cfg = dataclasses.replace(cfg, max_new_tokens=self.max_reply_tokens)
         problems = list(problems) if problems is not None else self.choose_problems(cfg)
         total = len(problems) * cfg.n
         pending = list(enumerate(problems))[::-1]

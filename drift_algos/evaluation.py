@@ -19,15 +19,16 @@ class EvalConfig:
 
     num_problems: int = 256
     """Held-out problems (the first ones of the split, so runs compare on the same set)."""
-    max_new_tokens: int = 64
-    """Token limit per reply."""
+    max_new_tokens: int | None = None
+    """Token limit per reply; ``None``: the environment's suggestion."""
     bootstrap_samples: int = 1000
     """Resamples for the 95% intervals."""
     seed: int = 0
     """Seed of the environments' resets and the bootstrap."""
 
     def __post_init__(self) -> None:
-        if self.num_problems < 1 or self.max_new_tokens < 1 or self.bootstrap_samples < 1:
+        too_small = self.max_new_tokens is not None and self.max_new_tokens < 1
+        if self.num_problems < 1 or too_small or self.bootstrap_samples < 1:
             raise ValueError("num_problems, max_new_tokens and bootstrap_samples must be >= 1")
 
 

@@ -1,4 +1,8 @@
-"""Named sizes for `drift run`: how many rollouts, how long to train, how much to evaluate."""
+"""Named sizes for `drift run`: how many rollouts, how long to train, how much to evaluate.
+
+``smoke`` and ``default`` leave the reply length to the environment (``max_reply_tokens``:
+20 tokens for an answer-only math reply, 512 for code), so they work on every environment.
+"""
 
 from __future__ import annotations
 
@@ -36,10 +40,10 @@ def smoke() -> Preset:
     return Preset(
         "smoke", "a minute or two on a CPU: checks the whole pipeline, learns nothing measurable",
         max_turns=2,
-        rollout=RolloutConfig(num_prompts=8, n=2, temperature=0.7, max_new_tokens=24),
+        rollout=RolloutConfig(num_prompts=8, n=2, temperature=0.7),
         drift=DriftConfig(),
         train=TrainConfig(learning_rate=1e-5, epochs=1, batch_size=4),
-        eval=EvalConfig(num_problems=16, max_new_tokens=24, bootstrap_samples=200),
+        eval=EvalConfig(num_problems=16, bootstrap_samples=200),
     )
 
 
@@ -47,10 +51,10 @@ def default() -> Preset:
     return Preset(
         "default", "the embedded model on a 2-core CPU in about 15 minutes",
         max_turns=3,
-        rollout=RolloutConfig(num_prompts=64, n=8, temperature=0.7, max_new_tokens=20),
+        rollout=RolloutConfig(num_prompts=64, n=8, temperature=0.7),
         drift=DriftConfig(gamma=0.9, beta=0.1, min_weight=0.01, drop_unsolved_groups=True),
         train=TrainConfig(learning_rate=1e-5, epochs=2, batch_size=8),
-        eval=EvalConfig(num_problems=200, max_new_tokens=20),
+        eval=EvalConfig(num_problems=200),
     )
 
 

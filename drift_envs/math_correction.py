@@ -81,6 +81,11 @@ class MathCorrectionEnv(TextEnv):
     def problems(self) -> Sequence[Problem]:
         return self._problems
 
+    @property
+    def max_reply_tokens(self) -> int:
+        """An answer-only reply is one line of arithmetic (at most ~15 tokens from the embedded model)."""
+        return 512 if self.config.think else 20
+
     def judge(self, parsed: ParsedReply, problem: Problem) -> Verdict:
         assert parsed.content is not None
         correct = math_equal(problem.answer, parsed.content)
