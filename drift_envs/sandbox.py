@@ -166,8 +166,16 @@ class SandboxResult:
     """Wall-clock time from start to exit."""
     cpu_time_s: float = 0.0
     """User plus system CPU time of the program."""
-    max_rss_bytes: int = 0
-    """Peak resident memory of the program."""
+    max_rss_bytes: int | None = None
+    """Peak resident memory of the program's own (main) process, from ``VmHWM`` in
+    ``/proc/self/status`` read by the bootstrap when the program ends; ``None`` when it did not
+    end through the bootstrap (killed at a limit or by a signal, ``os._exit``, setup failed).
+    The program's interpreter reports it, so a program that tampers with its interpreter could
+    misreport it; the memory limit itself is ``RLIMIT_AS`` and holds either way."""
+    max_rss_bound_bytes: int = 0
+    """``ru_maxrss`` of the process from the kernel (0 if unknown): an upper bound only. Linux
+    keeps the maximum across ``execve``, so it includes the host's own image at the fork and
+    is at least the host's resident size when the host is large (a loaded model)."""
     stdout_truncated: bool = False
     """More stdout was written than :attr:`stdout` holds."""
     stderr_truncated: bool = False
@@ -193,6 +201,7 @@ class SandboxResult:
 
 
 def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpreter
+    import atexit
     import json
     import linecache
     import os
@@ -208,6 +217,10 @@ def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpret
         os.dup2(channel, 3)
         os.close(channel)
     status_fd = os.open(args["status"], os.O_WRONLY | os.O_APPEND)
+    # A second private file for the report at exit, kept open (after the user switch it could
+    # not be reopened); the setup report's file is closed before the program runs, so the
+    # program cannot rewrite that one.
+    usage_fd = os.open(args["usage"], os.O_WRONLY | os.O_APPEND)
 
     def report(**fields: object) -> None:
         os.write(status_fd, (json.dumps(fields) + "\n").encode())
@@ -308,6 +321,28 @@ def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpret
         except (ValueError, OSError) as err:
             fail(f"cannot set resource limit {which}: {err}")
 
+    # Opened now so that the report at exit needs no free descriptor and no ``open`` (which the
+    # program may have exhausted or patched); the buffer is allocated now for when memory is short.
+    self_status = os.open("/proc/self/status", os.O_RDONLY)
+    status_buffer = bytearray(8192)
+    preadv, write = os.preadv, os.write
+
+    def report_peak() -> None:
+        # The peak of this address space (created by execve), not the rusage the host gets:
+        # that keeps the maximum across execve, so it includes the host's image at the fork.
+        try:
+            size = preadv(self_status, [status_buffer], 0)
+            start = status_buffer.find(b"\nVmHWM:", 0, size)
+            if start >= 0:
+                end = status_buffer.find(b"kB", start, size)
+                write(usage_fd, b"%d\n" % (int(status_buffer[start + 7 : end]) * 1024))
+        except BaseException:  # noqa: B036 - no memory left, a closed descriptor: no report
+            pass
+
+    # Runs after the program's own atexit handlers (registered later, run first) and after
+    # non-daemon threads were joined; os._exit and signals skip it.
+    atexit.register(report_peak)
+
     report(ok=True, network=network, uid=uid)
     os.close(status_fd)
     libc = None  # nothing of ctypes is left to the program
@@ -322,6 +357,7 @@ def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpret
     except (SyntaxError, ValueError) as err:
         sys.stderr.write("".join(traceback.format_exception_only(type(err), err)))
         sys.stderr.flush()
+        report_peak()
         os._exit(args["exit_syntax"])
     del source
     namespace = {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__}
@@ -334,10 +370,12 @@ def _child_main() -> None:  # pragma: no cover - runs in the sandboxed interpret
             sys.stderr.write("MemoryError\n")
             sys.stderr.flush()
         finally:
+            report_peak()
             os._exit(args["exit_memory"])
     except BaseException as err:  # noqa: B036 - report whatever the program raised
         traceback.print_exception(type(err), err, err.__traceback__.tb_next)
         sys.stderr.flush()
+        report_peak()
         os._exit(1)
 
 
@@ -540,12 +578,14 @@ def run_python(source: str, config: SandboxConfig | None = None) -> SandboxResul
     Never raises for anything the program does; a failure to start is status ``error``.
     """
     cfg = config or SandboxConfig()
-    base = tempfile.mkdtemp(prefix=f"{MARKER}-", dir=cfg.tmp_dir)
+    # The host's pid in the name tells whose run a directory is (several hosts share /tmp).
+    base = tempfile.mkdtemp(prefix=f"{MARKER}-{os.getpid()}-", dir=cfg.tmp_dir)
     try:
         os.chmod(base, 0o711)  # the sandbox user may traverse into work/, not list or read the rest
         work = os.path.join(base, "work")
         os.mkdir(work, 0o700)
-        paths = {name: os.path.join(base, name) for name in ("program", "channel", "status", "stdout", "stderr")}
+        names = ("program", "channel", "status", "usage", "stdout", "stderr")
+        paths = {name: os.path.join(base, name) for name in names}
         for name, path in paths.items():
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
                 if name == "program":
@@ -557,7 +597,7 @@ def run_python(source: str, config: SandboxConfig | None = None) -> SandboxResul
 
 def _run(cfg: SandboxConfig, work: str, paths: dict[str, str]) -> SandboxResult:
     args = {
-        "program": paths["program"], "channel": paths["channel"], "status": paths["status"],
+        "program": paths["program"], "channel": paths["channel"], "status": paths["status"], "usage": paths["usage"],
         "network": cfg.network.value, "drop": cfg.drop_privileges, "uid_base": SANDBOX_UID_BASE,
         "cpu": cfg.cpu_time_s, "memory": cfg.memory_bytes, "fsize": cfg.file_size_bytes, "nofile": cfg.open_files,
         "nproc": cfg.max_processes + 1 if cfg.max_processes else 0,
@@ -609,7 +649,8 @@ def _run(cfg: SandboxConfig, work: str, paths: dict[str, str]) -> SandboxResult:
     stderr, stderr_cut = _read_head(paths["stderr"], cfg.max_output_bytes)
     channel, _ = _read_head(paths["channel"], cfg.max_channel_bytes)
     cpu = float(usage.ru_utime + usage.ru_stime) if usage is not None else 0.0
-    rss = int(usage.ru_maxrss) * 1024 if usage is not None else 0
+    rss_bound = int(usage.ru_maxrss) * 1024 if usage is not None else 0
+    rss = _read_peak(paths["usage"])
     code = None if lost else proc.returncode
     if lost:
         status_enum, message = SandboxStatus.ERROR, "the program's exit status was collected by another waiter"
@@ -618,7 +659,7 @@ def _run(cfg: SandboxConfig, work: str, paths: dict[str, str]) -> SandboxResult:
     return SandboxResult(
         status=status_enum, returncode=code,
         stdout=stdout.decode("utf-8", "replace"), stderr=stderr.decode("utf-8", "replace"),
-        duration_s=duration, cpu_time_s=cpu, max_rss_bytes=rss,
+        duration_s=duration, cpu_time_s=cpu, max_rss_bytes=rss, max_rss_bound_bytes=rss_bound,
         stdout_truncated=stdout_cut, stderr_truncated=stderr_cut, channel=channel,
         network_isolated=setup.network, uid=setup.uid, message=message,
     )
@@ -636,6 +677,21 @@ class _Setup:
     """The user id it switched to."""
     error: str | None = None
     """Why setup failed."""
+
+
+def _read_peak(path: str) -> int | None:
+    """The peak the bootstrap reported at exit (the last well-formed line), or ``None``."""
+    try:
+        with open(path, "rb") as handle:
+            # The report is appended last: read the tail, whatever the program wrote before it.
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
+            lines = handle.read(4096).splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.isdigit() and int(line) > 0:
+            return int(line)
+    return None
 
 
 def _read_setup(path: str) -> _Setup:

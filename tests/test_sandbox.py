@@ -2,7 +2,8 @@
 
 After every test an autouse fixture checks that no sandboxed process is left (by the marker on
 their command line and by the sandbox user ids, scanning /proc) and that no per-run directory
-is left in the temporary directory.
+is left in the temporary directory. Both checks look only at this test process's sandboxes, so
+other processes running sandboxes at the same time cannot fail them.
 """
 
 from __future__ import annotations
@@ -95,8 +96,13 @@ def _sandbox_processes() -> list[str]:
     return found
 
 
+def _run_dir_prefix() -> str:
+    """Run directories carry the host's pid (checked by a test below)."""
+    return f"{MARKER}-{os.getpid()}-"
+
+
 def _run_dirs() -> set[str]:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"{MARKER}-")}
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(_run_dir_prefix())}
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +132,30 @@ def test_passing_program_output_and_clean_environment(monkeypatch):
     assert "DRIFT_SANDBOX_SECRET" not in lines[1] and "PATH" in lines[1]
     assert lines[2] == "[]"  # an empty working directory
     assert lines[3] == "None"
-    assert result.duration_s > 0 and result.cpu_time_s > 0 and result.max_rss_bytes > 0
+    assert result.duration_s > 0 and result.cpu_time_s > 0
+    assert result.max_rss_bytes is not None and 0 < result.max_rss_bytes <= result.max_rss_bound_bytes
+
+
+def test_run_directory_names_the_host_and_is_removed():
+    result = run("import os\nprint(os.getcwd())\n")
+    work = Path(result.stdout.strip())
+    assert result.status is SandboxStatus.PASSED, result.stderr
+    assert work.name == "work" and work.parent.parent == Path(tempfile.gettempdir())
+    assert work.parent.name.startswith(_run_dir_prefix())  # what the fixture's directory check relies on
+    assert not work.parent.exists()
+
+
+def test_peak_memory_is_the_program_s_own_not_the_host_s():
+    # A large host (a loaded model): Linux keeps ru_maxrss across execve, so the kernel's
+    # figure for the child includes this image; the reported peak must not.
+    host = b"\1" * (400 << 20)
+    small = run("x = 1\n")
+    grown = run("data = b'x' * (40 << 20)\n")
+    assert len(host) == 400 << 20  # kept alive (and resident) during both runs
+    assert small.status is SandboxStatus.PASSED and grown.status is SandboxStatus.PASSED, small.stderr + grown.stderr
+    assert small.max_rss_bound_bytes >= 400 << 20  # the kernel behaviour this test is about
+    assert small.max_rss_bytes is not None and 0 < small.max_rss_bytes < 60 << 20
+    assert grown.max_rss_bytes is not None and 40 << 20 < grown.max_rss_bytes < small.max_rss_bytes + (60 << 20)
 
 
 def test_parent_environment_not_readable_through_proc(monkeypatch):
@@ -213,6 +242,7 @@ def test_infinite_loop_hits_the_cpu_limit():
     result = run("while True:\n    pass\n", cpu_time_s=1, wall_time_s=10)
     assert result.status is SandboxStatus.TIMEOUT
     assert "CPU-time limit" in result.message
+    assert result.max_rss_bytes is None and result.max_rss_bound_bytes > 0  # killed: no report, only the bound
     assert time.monotonic() - start < 4
 
 
@@ -231,7 +261,7 @@ def test_sleeping_forever_hits_the_wall_clock_limit():
 def test_memory_bomb_hits_the_memory_limit(program):
     result = run(program, memory_bytes=256 << 20)
     assert result.status is SandboxStatus.MEMORY_LIMIT
-    assert result.max_rss_bytes < 300 << 20
+    assert result.max_rss_bytes is not None and result.max_rss_bytes < 300 << 20
 
 
 def test_fork_bomb_is_refused_by_the_guard():
