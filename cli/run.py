@@ -16,6 +16,8 @@ from drift_cli.common import console, env_kwargs, err_console, parse_env_args, p
 from drift_cli.rollout import ENV_ARG_HELP, ENV_HELP, MODEL_HELP
 from drift_cli.tables import pct, turn_table
 
+MIN_WEIGHT_HELP = "DRIFT: skip trajectories whose weight is below this (default: the preset's)."
+UNSOLVED_HELP = "DRIFT: leave out groups without any success (default: the preset's)."
 ALGO_HELP = "Algorithm: drift (importance-weighted SFT), sft (every trajectory), rft (successful ones only)."
 
 
@@ -76,6 +78,8 @@ def run(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the preset's).")] = None,
     beta: Annotated[float | None, typer.Option(help="DRIFT temperature beta (default: the preset's).")] = None,
+    min_weight: Annotated[float | None, typer.Option(min=0.0, help=MIN_WEIGHT_HELP)] = None,
+    drop_unsolved: Annotated[bool | None, typer.Option("--drop-unsolved/--keep-unsolved", help=UNSOLVED_HELP)] = None,
     num_prompts: Annotated[int | None, typer.Option(min=1, help="Rollout prompts (default: the preset's).")] = None,
     n: Annotated[int | None, typer.Option(min=1, help="Trajectories per prompt (default: the preset's).")] = None,
     temperature: Annotated[float | None, typer.Option(min=0.0, help="Rollout temperature (default: preset's).")] = None,
@@ -101,8 +105,8 @@ def run(
             num_prompts=num_prompts, n=n, temperature=temperature).items() if v is not None})
         p.train = dataclasses.replace(p.train, seed=seed, **{k: v for k, v in dict(
             lora=lora, learning_rate=lr, epochs=epochs).items() if v is not None})
-        if beta is not None:
-            p.drift = dataclasses.replace(p.drift, beta=beta)
+        p.drift = dataclasses.replace(p.drift, **{k: v for k, v in dict(
+            beta=beta, min_weight=min_weight, drop_unsolved_groups=drop_unsolved).items() if v is not None})
         if eval_problems is not None:
             p.eval = dataclasses.replace(p.eval, num_problems=eval_problems)
         p.eval = dataclasses.replace(p.eval, seed=seed)
@@ -135,6 +139,8 @@ def train(
     batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per micro-batch.")] = None,
     beta: Annotated[float | None, typer.Option(help="DRIFT temperature beta.")] = None,
     gamma: Annotated[float | None, typer.Option(help="DRIFT discount gamma.")] = None,
+    min_weight: Annotated[float | None, typer.Option(min=0.0, help=MIN_WEIGHT_HELP)] = None,
+    drop_unsolved: Annotated[bool | None, typer.Option("--drop-unsolved/--keep-unsolved", help=UNSOLVED_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed for batch order and initialisation.")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
@@ -153,8 +159,8 @@ def train(
         p = get_preset(preset)
         p.train = dataclasses.replace(p.train, seed=seed, **{k: v for k, v in dict(
             lora=lora, learning_rate=lr, epochs=epochs, batch_size=batch_size).items() if v is not None})
-        p.drift = dataclasses.replace(p.drift, **{k: v for k, v in dict(beta=beta, gamma=gamma).items()
-                                                  if v is not None})
+        drift_flags = dict(beta=beta, gamma=gamma, min_weight=min_weight, drop_unsolved_groups=drop_unsolved)
+        p.drift = dataclasses.replace(p.drift, **{k: v for k, v in drift_flags.items() if v is not None})
         if algo not in ALGORITHMS:
             raise ValueError(f"unknown algorithm '{algo}' (available: {', '.join(ALGORITHMS)})")
         records = read_trajectories(trajectories)
