@@ -48,7 +48,8 @@ class CodeEnvConfig(TextEnvConfig):
     """Local file (HumanEval ``.jsonl.gz``/``.jsonl``; MBPP ``.jsonl``/``.json``/``.parquet``/``.csv``)
     or, for MBPP, a Hub dataset id; ``None``: the packaged HumanEval or ``google-research-datasets/mbpp``."""
     split: str = "train"
-    """MBPP split (``train``, ``test``, ``validation``, ``prompt``); HumanEval and ``builtin`` have one set."""
+    """MBPP: its split (``train``, ``test``, ``validation``, ``prompt``). HumanEval: ``train`` (140) and
+    ``test`` (24) are disjoint parts by a hash of the problem id, ``all`` the whole set. ``builtin``: one set."""
     num_problems: int = 1000
     """How many problems to take from the source (a cap)."""
     problems: Sequence[CodeProblem] | None = field(default=None, repr=False)

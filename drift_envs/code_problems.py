@@ -30,6 +30,7 @@ from pathlib import Path
 
 from drift_envs.base import Problem
 from drift_envs.loading import DataError, Row, iter_jsonl, read_rows
+from drift_envs.math_problems import split_of
 
 CODE_SOURCES = ("builtin", "humaneval", "mbpp")
 MBPP_HUB_ID = "google-research-datasets/mbpp"
@@ -354,13 +355,24 @@ def load_code_problems(source: str, path: str | None = None, split: str = "train
                        num_problems: int | None = None) -> tuple[CodeProblem, ...]:
     """Problems of a source (``builtin``, ``humaneval``, ``mbpp``), cached: environments share one list.
 
-    ``split`` selects MBPP's split (``train``, ``test``, ``validation``, ``prompt``); HumanEval
-    and the built-in set have a single set of problems.
+    ``split`` selects MBPP's split (``train``, ``test``, ``validation``, ``prompt``). HumanEval has
+    one set of problems: ``train`` and ``test`` are disjoint parts of it (140 and 24 problems,
+    fixed by a hash of the problem id, as for the procedural sets), so `drift run` never evaluates
+    on its training problems; ``all`` is the whole set (the standard benchmark). The 8 built-in
+    problems are one set whatever the split: they exist for tests and smoke runs.
     """
     if source == "builtin":
         return builtin_problems()[:num_problems]
     if source == "humaneval":
-        return tuple(load_humaneval(path, limit=num_problems))
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"humaneval splits are train, test and all; got {split!r}")
+        problems = tuple(load_humaneval(path))
+        if split != "all":
+            problems = tuple(p for p in problems if split_of(p.id) == split)
+            if not problems:
+                raise ValueError(f"no humaneval problems fall in split '{split}' of {path or 'the packaged set'}; "
+                                 "use split=all for every problem")
+        return problems[:num_problems]
     if source == "mbpp":
         return tuple(load_mbpp(path or MBPP_HUB_ID, split=split, limit=num_problems))
     raise ValueError(f"source must be one of {CODE_SOURCES}, got {source!r}")

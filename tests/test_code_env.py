@@ -273,7 +273,9 @@ def test_humaneval_local_gzip_file(tmp_path):
         handle.write(json.dumps(_humaneval_record()) + "\n")
     (problem,) = load_humaneval(str(path))
     assert problem.id == "Local/0" and len(problem.tests) == 2
-    env = CodeFeedbackEnv(source="humaneval", path=str(path))
+    with pytest.raises(ValueError, match="split=all"):  # its one problem hashes into the test split
+        CodeFeedbackEnv(source="humaneval", path=str(path), split="train")
+    env = CodeFeedbackEnv(source="humaneval", path=str(path), split="all")
     env.reset()
     _, reward, terminated, *_ = env.step("```python\ndef inc(x):\n    return x + 1\n```")
     assert terminated and reward == 1.0
