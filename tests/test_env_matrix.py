@@ -21,6 +21,7 @@ from gymnasium.utils.env_checker import check_env
 from typer.testing import CliRunner
 
 from drift_algos.agent import RolloutAgent, RolloutConfig
+from drift_algos.algorithms import ALGORITHMS
 from drift_algos.records import TrajectoryWriter, read_trajectories
 from drift_cli.main import app
 from drift_envs import EpisodeStats, TextEnv
@@ -211,3 +212,35 @@ def test_cli_rollout(env_id: str, tiny_model: Path, tmp_path: Path) -> None:
     assert all(r.num_turns <= MAX_TURNS and max(r.turn_tokens) <= MAX_NEW_TOKENS for r in records)
     summary = json.loads(out.with_suffix(".summary.json").read_text(encoding="utf-8"))
     assert summary["env_id"] == env_id and summary["episodes"] == 4
+
+
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_cli_run_every_env_with_every_algorithm(env_id: str, algo: str, tiny_model: Path, tmp_path: Path) -> None:
+    """`drift run` (rollout, weigh, train, evaluate) on each built-in environment with each algorithm."""
+    _require(env_id)
+    out = tmp_path / "run"
+    trajectories = None
+    if algo == "rft":
+        # A tiny random model never succeeds; RFT needs a successful trajectory, so it starts from one.
+        trajectories = tmp_path / "solved.jsonl"
+        env = gym.make(env_id).unwrapped
+        _, info = env.reset(options={"problem_index": 0})
+        reply = {"drift/CodeFeedback-v0": "```python\n" + env.problems[0].answer + "\n```"}.get(
+            env_id, f"<answer>{info.get('gold_letter', info['gold'])}</answer>")
+        *_, step_info = env.step(reply)
+        assert step_info["success"], reply
+        trajectories.write_text(json.dumps({
+            "prompt_id": info["problem_id"], "gold": info["gold"], "turn_rewards": {"t1": 1.0},
+            "verifier": {"t1": 1}, "t_star": 1, "success": True,
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
+        }) + "\n")
+    args = ["run", "--env", FIRST_ALIAS[env_id], "--algo", algo, "--model", str(tiny_model), "--preset", "smoke",
+            "--num-prompts", "2", "--n", "2", "--eval-problems", "2", "--out", str(out)]
+    if trajectories is not None:
+        args += ["--trajectories", str(trajectories)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["algo"] == algo and metrics["base"]["episodes"] == metrics["trained"]["episodes"] == 2
+    assert (out / "checkpoint" / "config.json").is_file() and (out / "multi_at_k.png").is_file()
