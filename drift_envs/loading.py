@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -132,3 +132,51 @@ def read_rows(spec: str, *, split: str = "train", name: str | None = None, limit
     if not out:
         raise DataError(f"{spec}: no records")
     return out
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HubSource(Generic[T]):
+    """How one dataset (on the Hub, or a local file with its columns) becomes problems."""
+
+    name: str
+    """Source name (``gsm8k``, ``gpqa``, ...): the ``source`` of its problems and the prefix of their ids."""
+    hub_id: str
+    """Hub dataset read when no path is given."""
+    hub_config: str | None
+    """Configuration of :attr:`hub_id` (``None``: the default one)."""
+    hub_splits: tuple[str, ...]
+    """Splits :attr:`hub_id` has; asking for another fails before any download."""
+    convert: Callable[[Row], T]
+    """Reads one record (a loader may let it return ``None`` to leave the record out); raises
+    :class:`DataError` naming the record and the field."""
+    gated: bool = False
+    """The Hub dataset needs its terms accepted and a token."""
+
+    def locate(self, path: str | None, split: str) -> SourceLocation:
+        """Where to read: ``path`` or the default Hub id; a split the default dataset lacks fails here."""
+        spec = path or self.hub_id
+        local = looks_like_path(spec)
+        default_hub = not local and spec == self.hub_id
+        if default_hub and split not in self.hub_splits:
+            raise DataError(f"{self.hub_id} has no split '{split}' (it has: {', '.join(self.hub_splits)})")
+        return SourceLocation(spec, local, default_hub)
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """Where a source's records are read from."""
+
+    spec: str
+    """Local path or Hub dataset id."""
+    local: bool
+    """A local file."""
+    default_hub: bool
+    """The source's own Hub dataset (its configuration and splits apply)."""
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from drift_envs.base import Problem
-from drift_envs.loading import DataError, Row, looks_like_path, read_rows
+from drift_envs.loading import DataError, HubSource, Row, check_limit, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -186,29 +186,13 @@ def _metamath(row: Row) -> _Item:
     return _Item(_text(row, "query"), gold)
 
 
-@dataclass(frozen=True)
-class MathSource:
-    """How one dataset becomes :class:`Problem` s."""
-
-    name: str
-    """Source name (``gsm8k``, ...): the ``source`` of its problems and the prefix of their ids."""
-    hub_id: str
-    """Hub dataset read when no path is given."""
-    hub_config: str | None
-    """Configuration of :attr:`hub_id` (``None``: the default one)."""
-    hub_splits: tuple[str, ...]
-    """Splits :attr:`hub_id` has; asking for another fails before any download."""
-    convert: Callable[[Row], _Item]
-    """Reads one record; raises :class:`DataError` naming the record and the field."""
-
-
-SOURCES: dict[str, MathSource] = {
-    "gsm8k": MathSource("gsm8k", "openai/gsm8k", "main", ("train", "test"), _gsm8k),
+SOURCES: dict[str, HubSource[_Item]] = {
+    "gsm8k": HubSource("gsm8k", "openai/gsm8k", "main", ("train", "test"), _gsm8k),
     # The original hendrycks/competition_math is gone from the Hub; this copy keeps its
     # columns (problem, level, type, solution) and splits in one default configuration.
-    "math": MathSource("math", "DigitalLearningGmbH/MATH-lighteval", None, ("train", "test"), _math),
-    "math500": MathSource("math500", "HuggingFaceH4/MATH-500", None, ("test",), _math500),
-    "metamath": MathSource("metamath", "meta-math/MetaMathQA", None, ("train",), _metamath),
+    "math": HubSource("math", "DigitalLearningGmbH/MATH-lighteval", None, ("train", "test"), _math),
+    "math500": HubSource("math500", "HuggingFaceH4/MATH-500", None, ("test",), _math500),
+    "metamath": HubSource("metamath", "meta-math/MetaMathQA", None, ("train",), _metamath),
 }
 
 
@@ -233,14 +217,10 @@ def load(
     """
     if source not in SOURCES:
         raise ValueError(f"unknown math dataset source {source!r}; known: {sorted(SOURCES)}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    check_limit(limit)
     spec = SOURCES[source]
-    spec_path = path or spec.hub_id
-    local = looks_like_path(spec_path)
-    on_default_hub = not local and spec_path == spec.hub_id
-    if on_default_hub and split not in spec.hub_splits:
-        raise DataError(f"{spec.hub_id} has no split '{split}' (it has: {', '.join(spec.hub_splits)})")
+    where = spec.locate(path, split)
+    spec_path, local, on_default_hub = where.spec, where.local, where.default_hub
     if isinstance(metamath_types, str):  # one prefix, not its characters
         metamath_types = (metamath_types,)
     prefixes = tuple(metamath_types) if (source == "metamath" and metamath_types is not None) else None

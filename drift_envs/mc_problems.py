@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drift_envs.base import Problem
-from drift_envs.loading import DataError, Row, looks_like_path, read_rows
+from drift_envs.loading import DataError, HubSource, Row, check_limit, read_rows
 from drift_envs.math_problems import split_of
 
 logger = logging.getLogger(__name__)
@@ -487,35 +487,17 @@ def _mmlu_redux(row: Row) -> _Item | None:
     )
 
 
-@dataclass(frozen=True)
-class MCSource:
-    """How one dataset becomes :class:`MCProblem` s."""
-
-    name: str
-    """Source name (``gpqa``, ...): the ``source`` of its problems and the prefix of their ids."""
-    hub_id: str
-    """Hub dataset read when no path is given."""
-    hub_config: str | None
-    """Configuration of :attr:`hub_id` (``None``: the default one, or every one for MMLU-Redux)."""
-    hub_splits: tuple[str, ...]
-    """Splits :attr:`hub_id` has; asking for another fails before any download."""
-    convert: Callable[[Row], _Item | None]
-    """Reads one record (``None``: left out); raises :class:`DataError` naming the record and the field."""
-    gated: bool = False
-    """The Hub dataset needs its terms accepted and a token."""
-
-
-SOURCES: dict[str, MCSource] = {
+SOURCES: dict[str, HubSource[_Item | None]] = {
     # GPQA is an evaluation set published as a single "train" split.
-    "gpqa": MCSource("gpqa", "Idavidrein/gpqa", "gpqa_diamond", ("train",), _gpqa, gated=True),
-    "mmlu": MCSource("mmlu", "cais/mmlu", "all", ("test", "validation", "dev", "auxiliary_train"), _mmlu),
-    "mmlu_pro": MCSource("mmlu_pro", "TIGER-Lab/MMLU-Pro", None, ("test", "validation"), _mmlu_pro),
+    "gpqa": HubSource("gpqa", "Idavidrein/gpqa", "gpqa_diamond", ("train",), _gpqa, gated=True),
+    "mmlu": HubSource("mmlu", "cais/mmlu", "all", ("test", "validation", "dev", "auxiliary_train"), _mmlu),
+    "mmlu_pro": HubSource("mmlu_pro", "TIGER-Lab/MMLU-Pro", None, ("test", "validation"), _mmlu_pro),
     # One configuration per subject; none given reads them all (as the DRIFT release does).
-    "mmlu_redux": MCSource("mmlu_redux", "edinburgh-dawg/mmlu-redux-2.0", None, ("test",), _mmlu_redux),
+    "mmlu_redux": HubSource("mmlu_redux", "edinburgh-dawg/mmlu-redux-2.0", None, ("test",), _mmlu_redux),
 }
 
 
-def _gated_hint(source: MCSource, dataset_id: str, err: DataError) -> DataError:
+def _gated_hint(source: HubSource, dataset_id: str, err: DataError) -> DataError:
     text = str(err)
     if not source.gated or not any(mark in text.lower() for mark in ("gated", "401", "403", "unauthorized")):
         return err
@@ -555,14 +537,10 @@ def load(
     """
     if source not in SOURCES:
         raise ValueError(f"unknown multiple-choice dataset source {source!r}; known: {sorted(SOURCES)}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    check_limit(limit)
     spec = SOURCES[source]
-    spec_path = path or spec.hub_id
-    local = looks_like_path(spec_path)
-    on_default_hub = not local and spec_path == spec.hub_id
-    if on_default_hub and split not in spec.hub_splits:
-        raise DataError(f"{spec.hub_id} has no split '{split}' (it has: {', '.join(spec.hub_splits)})")
+    where = spec.locate(path, split)
+    spec_path, local, on_default_hub = where.spec, where.local, where.default_hub
     config = name if name is not None else (spec.hub_config if on_default_hub else None)
     # With a filter (MMLU-Redux) the limit counts kept records, so every record must be read.
     read_limit = None if source == "mmlu_redux" else limit
