@@ -19,8 +19,12 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 from fractions import Fraction
+from typing import TypeVar
 
 from drift_envs.base import Problem
+
+D = TypeVar("D")
+T = TypeVar("T")
 
 TEST_SHARE = 5
 """One in ``TEST_SHARE`` problem keys falls in the test split."""
@@ -121,20 +125,40 @@ def generate_problems(
         raise ValueError(f"levels must be a non-empty subset of {sorted(_GENERATORS)}, got {list(levels)}")
     if num_problems < 1:
         raise ValueError(f"num_problems must be >= 1, got {num_problems}")
-    rng = random.Random(f"drift-math-{seed}-{split}-{sorted(set(levels))}")
-    problems: list[Problem] = []
+    ordered = sorted(set(levels))
+    rng = random.Random(f"drift-math-{seed}-{split}-{ordered}")
+
+    def draw() -> tuple[str, tuple[int, str, str]]:
+        level = rng.choice(ordered)
+        key, question, answer = _GENERATORS[level](rng)
+        return f"L{level}:{key}", (level, question, answer)
+
+    def build(key: str, draft: tuple[int, str, str]) -> Problem:
+        level, question, answer = draft
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return Problem(f"{LEVEL_NAMES[level]}-{digest}", question, answer, "procedural", level)
+
+    return draw_distinct(num_problems, split, draw, build, f"levels {list(levels)}")
+
+
+def draw_distinct(
+    num_problems: int, split: str, draw: Callable[[], tuple[str, D]], build: Callable[[str, D], T], what: str
+) -> list[T]:
+    """``num_problems`` problems with distinct keys in ``split``: ``draw()`` gives a key and a draft,
+    ``build(key, draft)`` the problem, called at once so a generator's random stream stays in order.
+
+    Raises :class:`ValueError` when ``what`` (the generators asked for) holds too few such problems.
+    """
+    problems: list[T] = []
     seen: set[str] = set()
     attempts = 0
     while len(problems) < num_problems:
         attempts += 1
         if attempts > 200 * num_problems + 10_000:
-            raise ValueError(f"levels {list(levels)} hold fewer than {num_problems} distinct {split} problems")
-        level = rng.choice(sorted(set(levels)))
-        key, question, answer = _GENERATORS[level](rng)
-        key = f"L{level}:{key}"
+            raise ValueError(f"{what} hold fewer than {num_problems} distinct {split} problems")
+        key, draft = draw()
         if key in seen or split_of(key) != split:
             continue
         seen.add(key)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        problems.append(Problem(f"{LEVEL_NAMES[level]}-{digest}", question, answer, "procedural", level))
+        problems.append(build(key, draft))
     return problems

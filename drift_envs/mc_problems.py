@@ -52,7 +52,7 @@ from pathlib import Path
 
 from drift_envs.base import Problem
 from drift_envs.loading import DataError, HubSource, Row, check_limit, read_rows
-from drift_envs.math_problems import split_of
+from drift_envs.math_problems import draw_distinct
 
 logger = logging.getLogger(__name__)
 
@@ -344,24 +344,21 @@ def generate_mc_problems(
         raise ValueError(f"num_choices must be in [{MIN_CHOICES}, {MAX_GENERATED_CHOICES}], got {num_choices}")
     ordered = sorted(set(kinds))
     rng = random.Random(f"drift-mc-{seed}-{split}-{ordered}-{num_choices}")
-    problems: list[MCProblem] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(problems) < num_problems:
-        attempts += 1
-        if attempts > 200 * num_problems + 10_000:
-            raise ValueError(f"kinds {ordered} hold fewer than {num_problems} distinct {split} problems")
+
+    def draw():
         kind = rng.choice(ordered)
         draft = _GENERATORS[kind](rng)
-        if draft.key in seen or split_of(draft.key) != split:
-            continue
-        seen.add(draft.key)
+        return draft.key, (kind, draft)
+
+    def build(key: str, kind_draft) -> MCProblem:
+        kind, draft = kind_draft
         wrong = list(draft.distractors[: num_choices - 1])
         correct = rng.randrange(num_choices)
         choices = wrong[:correct] + [draft.answer] + wrong[correct:]
-        digest = hashlib.sha256("\n".join([draft.key, *choices]).encode()).hexdigest()[:12]
-        problems.append(MCProblem.create(f"mc-{kind}-{digest}", draft.question, choices, correct, source="procedural"))
-    return problems
+        digest = hashlib.sha256("\n".join([key, *choices]).encode()).hexdigest()[:12]
+        return MCProblem.create(f"mc-{kind}-{digest}", draft.question, choices, correct, source="procedural")
+
+    return draw_distinct(num_problems, split, draw, build, f"kinds {ordered}")
 
 
 # -- dataset loaders ----------------------------------------------------------------------
