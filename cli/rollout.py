@@ -62,16 +62,16 @@ def rollout(
     """
     setup_logging(verbose)
     with user_errors():
-        import gymnasium as gym
 
         from drift_algos.agent import RolloutAgent, RolloutConfig
         from drift_algos.records import TrajectoryWriter
         from drift_envs import resolve_env_id
+        from drift_envs.registry import env_factory
 
         env_id = resolve_env_id(env)
         kwargs = env_kwargs(max_turns=max_turns, feedback=feedback, parse=parse, source=source, data=data,
                             split=split, extra=env_arg)
-        make = lambda: gym.make(env_id, disable_env_checker=True, **kwargs)  # noqa: E731
+        make = env_factory(env_id, kwargs)
         make().close()  # one environment first: bad environment arguments fail before the model loads
         if out is None:
             stem = env.replace("/", "_").replace(":", "_")

@@ -200,18 +200,18 @@ def eval_(
     """Greedy multi-turn evaluation: accuracy per turn, multi@k, correction and flip rates, 95% intervals."""
     setup_logging(verbose)
     with user_errors():
-        import gymnasium as gym
 
         from drift_algos.engines.transformers_engine import TransformersEngine
         from drift_algos.evaluation import EvalConfig, evaluate
         from drift_algos.records import TrajectoryWriter
         from drift_envs import resolve_env_id
+        from drift_envs.registry import env_factory
 
         if out is not None and not out.parent.exists():
             raise FileNotFoundError(f"output directory does not exist: {out.parent}")
         env_id = resolve_env_id(env)
         kwargs = env_kwargs(max_turns=max_turns, source=source, data=data, split=split, extra=env_arg)
-        make = lambda: gym.make(env_id, disable_env_checker=True, **kwargs)  # noqa: E731
+        make = env_factory(env_id, kwargs)
         engine = TransformersEngine.from_pretrained(model, batch_size=batch_size,
                                                     adapter=str(adapter) if adapter else None)
         reporter = RichReporter()

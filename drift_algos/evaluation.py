@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import gymnasium as gym
 
-from drift_algos.agent import ProgressFn, RolloutAgent, RolloutConfig, RolloutSummary
+from drift_algos.agent import ProgressFn, RolloutAgent, RolloutConfig
 from drift_algos.engines.base import Engine
 from drift_algos.metrics import MultiTurnMetrics, accuracy_at_turn, bootstrap, compute_metrics, multi_at
 from drift_algos.records import Trajectory, TrajectoryWriter
@@ -98,14 +98,10 @@ def evaluate(
     trajectories, summary = agent.run(rollout, writer=writer, progress=progress)
     max_turns = agent.max_turns or summary.metrics.max_turns
     result = result_from_trajectories(trajectories, max_turns, samples=cfg.bootstrap_samples, seed=cfg.seed)
-    _attach(result, summary)
-    return result
-
-
-def _attach(result: EvalResult, summary: RolloutSummary) -> None:
     result.generated_tokens = summary.generated_tokens
     result.elapsed_s = summary.elapsed_s
     result.extra["tokens_per_s"] = summary.tokens_per_s
+    return result
 
 
 def paired_difference(base: EvalResult, trained: EvalResult, k: int, *, samples: int = 1000,

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import gymnasium as gym
-
 from drift_algos import jsonio
 from drift_algos.agent import RolloutAgent, RolloutSummary
 from drift_algos.algorithms import ALGORITHMS, Drift, OfflineAlgorithm
@@ -31,7 +29,8 @@ from drift_algos.evaluation import EvalResult, evaluate, paired_difference
 from drift_algos.presets import Preset
 from drift_algos.records import TrajectoryWriter, read_trajectories
 from drift_algos.training import Trainer, TrainResult
-from drift_algos.weighting import WeighConfig, weigh_file
+from drift_algos.weighting import weigh_file
+from drift_envs.registry import env_factory
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +100,6 @@ def make_algorithm(name: str, preset: Preset) -> OfflineAlgorithm:
     return cls(preset.drift) if cls is Drift else cls()
 
 
-def env_factory(env_id: str, kwargs: dict[str, object]) -> Callable[[], gym.Env]:
-    return lambda: gym.make(env_id, disable_env_checker=True, **kwargs)
-
-
 def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     from drift_algos.models import load_model, load_tokenizer
     from drift_envs import resolve_env_id
@@ -145,8 +140,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
         reporter.done("rollout")
 
     reporter.stage("weighing")
-    weigh_cfg = WeighConfig(preset.drift.gamma, preset.drift.beta, preset.drift.repetition_lambda)
-    stats = weigh_file(traj_path, out / "weighted.jsonl", weigh_cfg)
+    stats = weigh_file(traj_path, out / "weighted.jsonl", preset.drift.weighing)
     (out / "weight_stats.json").write_text(jsonio.dumps(stats.to_dict()) + "\n")
 
     reporter.stage("evaluating the reference model")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -120,6 +121,12 @@ def list_envs() -> list[EnvInfo]:
         aliases = tuple(alias for alias, target in ALIASES.items() if target == env_id)
         infos.append(EnvInfo(env_id, entry, origin, aliases))
     return infos
+
+
+def env_factory(env_id: str, kwargs: dict[str, object]) -> Callable[[], gym.Env]:
+    """A function that makes a new ``env_id`` environment with ``kwargs`` (the agent makes one per episode;
+    the passive checker is skipped: it would run on each)."""
+    return lambda: gym.make(env_id, disable_env_checker=True, **kwargs)
 
 
 def make_env(spec: str, **kwargs) -> gym.Env:

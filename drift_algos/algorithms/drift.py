@@ -33,8 +33,13 @@ class DriftConfig:
     normalise_weights: bool = False
     """Batch loss ``sum w*nll / sum w`` instead of ``mean w*nll``."""
 
+    @property
+    def weighing(self) -> WeighConfig:
+        """The return and weight settings, for :func:`~drift_algos.weighting.weigh`."""
+        return WeighConfig(self.gamma, self.beta, self.repetition_lambda)
+
     def __post_init__(self) -> None:
-        WeighConfig(self.gamma, self.beta, self.repetition_lambda)  # validates the three
+        self.weighing  # noqa: B018 - WeighConfig validates gamma, beta and the repetition lambda
         if self.min_weight < 0:
             raise ValueError(f"min_weight must be >= 0, got {self.min_weight}")
 
@@ -50,7 +55,7 @@ class Drift(OfflineAlgorithm):
 
     def samples(self, trajectories: Sequence[Trajectory]) -> SampleSet:
         cfg = self.config
-        _, weights, _ = weigh(trajectories, WeighConfig(cfg.gamma, cfg.beta, cfg.repetition_lambda))
+        _, weights, _ = weigh(trajectories, cfg.weighing)
         solved = {t.prompt_id for t in trajectories if t.success}
         keep, skipped_mass = [], 0.0
         for trajectory, weight in zip(trajectories, weights, strict=True):
