@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from drift_algos.engines.base import Engine, Message, SamplingParams
-from drift_algos.metrics import MultiTurnMetrics, compute_metrics
+from drift_algos.metrics import MultiTurnMetrics, compute_metrics, first_success
 from drift_algos.records import Sampling, Trajectory, TrajectoryWriter
 
 logger = logging.getLogger(__name__)
@@ -211,17 +211,13 @@ class RolloutAgent:
             if progress is not None:
                 progress(len(done), total, tokens)
         elapsed = time.perf_counter() - start
-        outcomes = [self._outcome(t) for t in done]
+        outcomes = [t.outcome for t in done]
         summary = RolloutSummary(
             metrics=compute_metrics(outcomes, self.max_turns), prompts=len(problems), generated_tokens=tokens,
             elapsed_s=elapsed, malformed_replies=malformed, replies=replies,
         )
         logger.info("rollout: %d episodes, %d tokens in %.1f s", len(done), tokens, elapsed)
         return done, summary
-
-    @staticmethod
-    def _outcome(record: Trajectory) -> list[bool]:
-        return [bool(record.verifier.get(f"t{t}", 0)) for t in range(1, record.num_turns + 1)]
 
     def _record(self, episode: _Episode, info: dict, cfg: RolloutConfig) -> Trajectory:
         stats = info.get("episode")
@@ -235,7 +231,7 @@ class RolloutAgent:
             scores = [episode.details[f"t{t}"]["env_reward"] for t in range(1, len(episode.successes) + 1)]
             turn_rewards = {f"t{t}": scores[t - 1] if t <= len(scores) else 0.0 for t in turns}
             norms, rep = [], None
-            t_star = next((t for t, ok in enumerate(episode.successes, start=1) if ok), None)
+            t_star = first_success(episode.successes)
         return Trajectory(
             prompt_id=episode.prompt_id,
             messages=episode.messages,

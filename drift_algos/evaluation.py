@@ -71,7 +71,7 @@ def result_from_trajectories(trajectories: list[Trajectory], max_turns: int, *, 
                              seed: int = 0) -> EvalResult:
     """Metrics and intervals of finished evaluation episodes (one per problem)."""
     ordered = sorted(trajectories, key=lambda t: t.prompt_id)
-    outcomes = [[bool(t.verifier.get(f"t{i}", 0)) for i in range(1, t.num_turns + 1)] for t in ordered]
+    outcomes = [t.outcome for t in ordered]
     multi_ci = [bootstrap(outcomes, lambda o, k=k: multi_at(o, k), samples=samples, seed=seed)
                 for k in range(1, max_turns + 1)]
     accuracy_ci = [bootstrap(outcomes, lambda o, t=t: accuracy_at_turn(o, t), samples=samples, seed=seed)

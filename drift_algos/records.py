@@ -81,6 +81,11 @@ class Trajectory:
     def num_turns(self) -> int:
         return sum(1 for m in self.messages if m["role"] == "assistant")
 
+    @property
+    def outcome(self) -> list[bool]:
+        """Success per turn taken (the input of :mod:`drift_algos.metrics`)."""
+        return [bool(self.verifier.get(f"t{t}", 0)) for t in range(1, self.num_turns + 1)]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
