@@ -147,7 +147,6 @@ def train(
     """Train a model on trajectories with an algorithm; writes a Hugging Face / PEFT checkpoint."""
     setup_logging(verbose)
     with user_errors():
-        from drift_algos.algorithms import ALGORITHMS
         from drift_algos.models import load_model, load_tokenizer
         from drift_algos.pipeline import make_algorithm
         from drift_algos.presets import get_preset
@@ -161,10 +160,8 @@ def train(
             lora=lora, learning_rate=lr, epochs=epochs, batch_size=batch_size).items() if v is not None})
         drift_flags = dict(beta=beta, gamma=gamma, min_weight=min_weight, drop_unsolved_groups=drop_unsolved)
         p.drift = dataclasses.replace(p.drift, **{k: v for k, v in drift_flags.items() if v is not None})
-        if algo not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm '{algo}' (available: {', '.join(ALGORITHMS)})")
-        records = read_trajectories(trajectories)
         algorithm = make_algorithm(algo, p)
+        records = read_trajectories(trajectories)
         sample_set = algorithm.samples(records)
         if not sample_set.samples:
             raise ValueError(f"{algo}: no training samples left from {len(records)} trajectories")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from drift_algos import jsonio
 from drift_algos.agent import RolloutAgent, RolloutSummary
-from drift_algos.algorithms import ALGORITHMS, Drift, OfflineAlgorithm
+from drift_algos.algorithms import Drift, OfflineAlgorithm, algorithm_class
 from drift_algos.engines.transformers_engine import TransformersEngine
 from drift_algos.evaluation import EvalResult, evaluate, paired_difference
 from drift_algos.presets import Preset
@@ -55,8 +55,7 @@ class RunConfig:
     """Extra environment arguments (on top of the preset's)."""
 
     def __post_init__(self) -> None:
-        if self.algo not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm '{self.algo}' (available: {', '.join(ALGORITHMS)})")
+        algorithm_class(self.algo)
         if self.trajectories is not None and not Path(self.trajectories).is_file():
             raise FileNotFoundError(f"trajectories file not found: {self.trajectories}")
 
@@ -96,7 +95,7 @@ class Reporter:
 
 
 def make_algorithm(name: str, preset: Preset) -> OfflineAlgorithm:
-    cls = ALGORITHMS[name]
+    cls = algorithm_class(name)
     return cls(preset.drift) if cls is Drift else cls()
 
 

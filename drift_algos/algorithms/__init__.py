@@ -9,4 +9,15 @@ from drift_algos.algorithms.sft import SFT, RejectionSFT
 ALGORITHMS: dict[str, type[OfflineAlgorithm]] = {cls.name: cls for cls in (Drift, SFT, RejectionSFT)}
 """Algorithms by ``--algo`` name."""
 
-__all__ = ["ALGORITHMS", "SFT", "Drift", "DriftConfig", "OfflineAlgorithm", "RejectionSFT", "SampleSet"]
+
+
+def algorithm_class(name: str) -> type[OfflineAlgorithm]:
+    """The algorithm called ``name``; a :class:`ValueError` lists the known ones."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm '{name}' (available: {', '.join(ALGORITHMS)})")
+    return ALGORITHMS[name]
+
+
+__all__ = [
+    "ALGORITHMS", "SFT", "Drift", "DriftConfig", "OfflineAlgorithm", "RejectionSFT", "SampleSet", "algorithm_class",
+]
