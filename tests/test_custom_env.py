@@ -115,19 +115,6 @@ DOC_MODULES = ("word_env", "spell_env", "my_envs")
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A tiny random chat model (tests/tiny.py), generating on one CPU thread."""
-    import torch
-    from tiny import build_model_dir
-
-    # A model this small spends its time handing work between threads, not computing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield build_model_dir(tmp_path_factory.mktemp("tiny-model"))
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The document's package, installed by pip into a directory of its own (offline, no build isolation)."""
     source = tmp_path_factory.mktemp("word-env-src")
@@ -314,7 +301,7 @@ def _option(args: list[str], name: str) -> str:
 
 
 @pytest.mark.parametrize("command", _command_params())
-def test_documented_command(command: str, workdir: Path, site: Path, tiny_model: Path,
+def test_documented_command(command: str, workdir: Path, site: Path, tiny_model_dir: Path,
                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(site))  # the reader has run the document's pip install
     words = _apply_prefix(shlex.split(command), workdir, monkeypatch)
@@ -322,7 +309,7 @@ def test_documented_command(command: str, workdir: Path, site: Path, tiny_model:
     args = words[1:]
     if args[0] in ("rollout", "run"):
         assert "--model" not in args, "the document's commands use the default model; the test swaps in its own"
-        args += ["--model", str(tiny_model)]
+        args += ["--model", str(tiny_model_dir)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, f"{command}\n{result.output}\n{result.exception!r}"
 
@@ -343,7 +330,7 @@ def test_documented_command(command: str, workdir: Path, site: Path, tiny_model:
             assert 1 <= record.num_turns <= max_turns
             assert len(record.turn_tokens) == record.num_turns
             assert record.messages[-1]["role"] == "assistant"
-            assert record.model == str(tiny_model) and record.gold
+            assert record.model == str(tiny_model_dir) and record.gold
         assert len(groups) == num_prompts
         for members in groups.values():
             assert sorted(r.sample_index for r in members) == list(range(n))

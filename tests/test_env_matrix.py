@@ -12,7 +12,6 @@ import importlib.util
 import json
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import gymnasium as gym
@@ -68,23 +67,10 @@ def make(env_id: str, **kwargs) -> gym.Env:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A tiny random chat model (tests/tiny.py), generating on one CPU thread."""
-    import torch
-    from tiny import build_model_dir
-
-    # A model this small spends its time handing work between threads, not computing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield build_model_dir(tmp_path_factory.mktemp("tiny-model"))
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model: Path):
+def engine(tiny_model_dir: Path):
     from drift_algos.engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine.from_pretrained(str(tiny_model), batch_size=8)
+    return TransformersEngine.from_pretrained(str(tiny_model_dir), batch_size=8)
 
 
 def test_every_builtin_env_has_a_cli_alias() -> None:
@@ -197,12 +183,12 @@ def test_rollout_agent_records(env_id: str, engine, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_cli_rollout(env_id: str, tiny_model: Path, tmp_path: Path) -> None:
+def test_cli_rollout(env_id: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     _require(env_id)
     alias = FIRST_ALIAS[env_id]
     out = tmp_path / "x.jsonl"
     result = CliRunner().invoke(app, [
-        "rollout", "--env", alias, "--model", str(tiny_model), "--num-prompts", "2", "--n", "2",
+        "rollout", "--env", alias, "--model", str(tiny_model_dir), "--num-prompts", "2", "--n", "2",
         "--max-turns", str(MAX_TURNS), "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(out),
     ])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
@@ -216,7 +202,7 @@ def test_cli_rollout(env_id: str, tiny_model: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_cli_run_every_env_with_every_algorithm(env_id: str, algo: str, tiny_model: Path, tmp_path: Path) -> None:
+def test_cli_run_every_env_with_every_algorithm(env_id: str, algo: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     """`drift run` (rollout, weigh, train, evaluate) on each built-in environment with each algorithm."""
     _require(env_id)
     out = tmp_path / "run"
@@ -235,7 +221,7 @@ def test_cli_run_every_env_with_every_algorithm(env_id: str, algo: str, tiny_mod
             "verifier": {"t1": 1}, "t_star": 1, "success": True,
             "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
         }) + "\n")
-    args = ["run", "--env", FIRST_ALIAS[env_id], "--algo", algo, "--model", str(tiny_model), "--preset", "smoke",
+    args = ["run", "--env", FIRST_ALIAS[env_id], "--algo", algo, "--model", str(tiny_model_dir), "--preset", "smoke",
             "--num-prompts", "2", "--n", "2", "--eval-problems", "2", "--out", str(out)]
     if trajectories is not None:
         args += ["--trajectories", str(trajectories)]
