@@ -7,8 +7,10 @@ import sys
 import typer
 
 from drift_cli.envs_cmd import envs
+from drift_cli.eval_cmd import eval_
 from drift_cli.rollout import rollout
-from drift_cli.run import eval_, run, train
+from drift_cli.run import run
+from drift_cli.train import train
 from drift_cli.weigh import register as register_weigh
 
 app = typer.Typer(

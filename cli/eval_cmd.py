@@ -1,0 +1,66 @@
+"""`drift eval`: greedy multi-turn evaluation of a model on an environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from drift_algos import jsonio
+from drift_cli.common import console, env_kwargs, setup_logging, user_errors
+from drift_cli.rollout import ENV_ARG_HELP, ENV_HELP, MODEL_HELP
+from drift_cli.run import RichReporter, _interval
+from drift_cli.tables import turn_table
+
+
+def eval_(
+    env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "smollm2-135m",
+    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory to load on top of --model.")] = None,
+    num_problems: Annotated[int, typer.Option(min=1, help="Held-out problems (the first of the split).")] = 256,
+    max_turns: Annotated[int, typer.Option(min=1, help="Turn limit.")] = 3,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Token limit per reply; default: the "
+                                                       "environment's suggestion.")] = None,
+    split: Annotated[str, typer.Option(help="Problem split.")] = "test",
+    source: Annotated[str | None, typer.Option(help="Problem source of the environment.")] = None,
+    data: Annotated[str | None, typer.Option(help="Local file or Hub id for the problem source.")] = None,
+    env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="Write metrics JSON here (episodes go to OUT with .jsonl).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Engine micro-batch.")] = 64,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+) -> None:
+    """Greedy multi-turn evaluation: accuracy per turn, multi@k, correction and flip rates, 95% intervals."""
+    setup_logging(verbose)
+    with user_errors():
+
+        from drift_algos.engines.transformers_engine import TransformersEngine
+        from drift_algos.evaluation import EvalConfig, evaluate
+        from drift_algos.records import TrajectoryWriter
+        from drift_envs import resolve_env_id
+        from drift_envs.registry import env_factory
+
+        if out is not None and not out.parent.exists():
+            raise FileNotFoundError(f"output directory does not exist: {out.parent}")
+        env_id = resolve_env_id(env)
+        kwargs = env_kwargs(max_turns=max_turns, source=source, data=data, split=split, extra=env_arg)
+        make = env_factory(env_id, kwargs)
+        engine = TransformersEngine.from_pretrained(model, batch_size=batch_size,
+                                                    adapter=str(adapter) if adapter else None)
+        reporter = RichReporter()
+        writer = TrajectoryWriter(out.with_suffix(".jsonl")) if out is not None else None
+        try:
+            result = evaluate(engine, make, EvalConfig(num_problems=num_problems, max_new_tokens=max_new_tokens),
+                              env_id=env_id, model_name=model, writer=writer, progress=reporter.progress("eval"))
+        finally:
+            reporter.done("eval")
+            if writer is not None:
+                writer.close()
+        table = turn_table(result.metrics, f"{model} on {env}: {result.metrics.episodes} problems, greedy")
+        table.caption = " · ".join(f"multi@{k + 1} {_interval(v, result.multi_ci[k])}"
+                                   for k, v in enumerate(result.metrics.multi))
+        console.print(table)
+        if out is not None:
+            out.write_text(jsonio.dumps({"model": model, "adapter": str(adapter) if adapter else None, "env": env,
+                                       **result.to_dict()}, indent=2) + "\n")
+            console.print(f"wrote {out}")

@@ -1,0 +1,64 @@
+"""`drift train`: train a model on trajectories with an algorithm."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from drift_cli.common import console, setup_logging, user_errors
+from drift_cli.rollout import MODEL_HELP
+from drift_cli.run import ALGO_HELP, MIN_WEIGHT_HELP, UNSOLVED_HELP, RichReporter
+
+
+def train(
+    trajectories: Annotated[Path, typer.Argument(help="Trajectory JSONL (drift's or the DRIFT release's schema).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
+    algo: Annotated[str, typer.Option(help=ALGO_HELP)] = "drift",
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = "smollm2-135m",
+    preset: Annotated[str, typer.Option(help="Hyper-parameters from this preset.")] = "default",
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per micro-batch.")] = None,
+    beta: Annotated[float | None, typer.Option(help="DRIFT temperature beta.")] = None,
+    gamma: Annotated[float | None, typer.Option(help="DRIFT discount gamma.")] = None,
+    min_weight: Annotated[float | None, typer.Option(min=0.0, help=MIN_WEIGHT_HELP)] = None,
+    drop_unsolved: Annotated[bool | None, typer.Option("--drop-unsolved/--keep-unsolved", help=UNSOLVED_HELP)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for batch order and initialisation.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+) -> None:
+    """Train a model on trajectories with an algorithm; writes a Hugging Face / PEFT checkpoint."""
+    setup_logging(verbose)
+    with user_errors():
+        from drift_algos.models import load_model, load_tokenizer
+        from drift_algos.pipeline import make_algorithm
+        from drift_algos.presets import get_preset
+        from drift_algos.records import read_trajectories
+        from drift_algos.training import Trainer
+
+        if not out.parent.exists():
+            raise FileNotFoundError(f"parent directory does not exist: {out.parent}")
+        p = get_preset(preset)
+        p.train = dataclasses.replace(p.train, seed=seed, **{k: v for k, v in dict(
+            lora=lora, learning_rate=lr, epochs=epochs, batch_size=batch_size).items() if v is not None})
+        drift_flags = dict(beta=beta, gamma=gamma, min_weight=min_weight, drop_unsolved_groups=drop_unsolved)
+        p.drift = dataclasses.replace(p.drift, **{k: v for k, v in drift_flags.items() if v is not None})
+        algorithm = make_algorithm(algo, p)
+        records = read_trajectories(trajectories)
+        sample_set = algorithm.samples(records)
+        if not sample_set.samples:
+            raise ValueError(f"{algo}: no training samples left from {len(records)} trajectories")
+        trainer = Trainer(load_model(model), load_tokenizer(model), p.train)
+        out.mkdir(exist_ok=True)
+        reporter = RichReporter()
+        update = reporter.progress("train")
+        result = trainer.fit(sample_set.samples, loss_fn=algorithm.loss, log_path=out / "train_log.jsonl",
+                             progress=update)
+        reporter.done("train")
+        trainer.save(out)
+        console.print(f"{algo}: {result.samples} samples, {result.steps} steps, final loss {result.final_loss:.4f}, "
+                      f"{result.tokens:,} tokens in {result.elapsed_s:.0f} s ({result.tokens_per_s:.0f} tok/s)")
+        console.print(f"checkpoint: [bold]{out}[/]")
