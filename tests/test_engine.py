@@ -226,3 +226,32 @@ def test_derive_seed_is_stable_and_mixes() -> None:
     assert len({derive_seed(a, b) for a in range(20) for b in range(20)}) == 400
     assert derive_seed(0, 1) != derive_seed(1, 0)
     assert 0 <= derive_seed(-5, 2**70) < 2**63
+
+
+def test_rows_stopped_early_keep_no_padding(engine: TransformersEngine) -> None:
+    """A batch where a stop string ends only some rows: those rows keep exactly the tokens up to the stop
+    (no pad ids, whose id here is not EOS), with one log-prob each; the other rows are untouched."""
+    tok = engine.tokenizer
+    assert tok.pad_token_id not in (engine.model.generation_config.eos_token_id, tok.eos_token_id)
+    free = SamplingParams(temperature=0, max_new_tokens=12, logprobs=True)
+    full = [single(engine).generate([c], free)[0][0] for c in CONVERSATIONS]
+    # A stop string from the middle of the first reply that the other replies do not contain.
+    first = full[0]
+    stop = next(piece for k in range(1, len(first.token_ids) - 2)
+                if (piece := tok.decode(first.token_ids[: k + 1])[len(tok.decode(first.token_ids[:k])):]).strip()
+                and all(piece not in f.text for f in full[1:]) and first.text.find(piece) == len(tok.decode(
+                    first.token_ids[:k])))
+    batched = TransformersEngine(engine.model, tok, batch_size=len(CONVERSATIONS))  # every row in one batch
+    stopped = batched.generate(CONVERSATIONS, SamplingParams(temperature=0, max_new_tokens=12, logprobs=True,
+                                                             stop=(stop,)))
+    fired = [c[0].finish_reason == "stop" and c[0].text.endswith(stop) for c in stopped]
+    assert fired[0] and not all(fired)  # the stop fired in some rows only
+    for f, (s,) in zip(full, stopped, strict=True):
+        assert tok.pad_token_id not in s.token_ids
+        assert len(s.logprobs) == len(s.token_ids)
+        assert s.token_ids == f.token_ids[: len(s.token_ids)]
+        assert s.logprobs == pytest.approx(f.logprobs[: len(s.token_ids)], abs=1e-4)
+        if s.text.endswith(stop):
+            assert tok.decode(s.token_ids, skip_special_tokens=True) == s.text
+        else:
+            assert s.token_ids == f.token_ids

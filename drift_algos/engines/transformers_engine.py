@@ -76,6 +76,14 @@ class _SeededSampler:
         return forced
 
 
+def _stop_length(tokenizer, tokens: list[int], stop: Sequence[str]) -> int:
+    """The fewest leading ``tokens`` whose text contains a stop string."""
+    for k in range(1, len(tokens) + 1):
+        if cut_at_stop(tokenizer.decode(tokens[:k], skip_special_tokens=True), stop)[1]:
+            return k
+    return len(tokens)
+
+
 class TransformersEngine(Engine):
     """Batched sampling with ``model.generate``.
 
@@ -179,10 +187,13 @@ class TransformersEngine(Engine):
             text, stopped = cut_at_stop(text, params.stop)
             if stopped:
                 finish = "stop"
+                # Keep the tokens up to the one that completes the stop string: generate pads a row
+                # it stopped early with pad_token_id, which need not be an EOS id.
+                tokens = tokens[: _stop_length(tok, tokens, params.stop)]
             completions.append(Completion(
                 text=text,
                 token_ids=tokens,
-                logprobs=logprobs[row, :length].tolist() if logprobs is not None else None,
+                logprobs=logprobs[row, : len(tokens)].tolist() if logprobs is not None else None,
                 prompt_tokens=len(ids[row]),
                 finish_reason=finish,
             ))
