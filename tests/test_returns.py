@@ -257,8 +257,11 @@ def test_infinite_reward_in_a_record_is_rejected() -> None:
         "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
         "turn_rewards": {"t1": math.inf},
     }
+    with pytest.raises(ValueError, match="field 'turn_rewards.t1' must be finite"):
+        Trajectory.from_dict(row)
+    record = Trajectory(prompt_id="p", messages=row["messages"], verifier={}, turn_rewards={"t1": math.inf})
     with pytest.raises(ValueError, match="prompt_id 'p'"):
-        weigh([Trajectory.from_dict(row)])
+        weigh([record])
 
 
 def test_return_of_three_at_beta_005_matches_hand_computation(tmp_path: Path) -> None:
