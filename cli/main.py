@@ -8,6 +8,7 @@ import typer
 
 from drift_cli.envs_cmd import envs
 from drift_cli.eval_cmd import eval_
+from drift_cli.merge import merge
 from drift_cli.rollout import rollout
 from drift_cli.run import run
 from drift_cli.train import train
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.command()(envs)
 app.command()(rollout)
+app.command()(merge)
 register_weigh(app)
 app.command()(train)
 app.command(name="eval")(eval_)

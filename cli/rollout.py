@@ -11,7 +11,16 @@ from typing import Annotated
 import typer
 
 from drift_algos import jsonio
-from drift_cli.common import check_out_path, console, env_kwargs, progress_bar, setup_logging, user_errors
+from drift_algos.collection import CollectionMeta, Shard, rewrite_complete, scan
+from drift_cli.common import (
+    check_out_path,
+    console,
+    env_kwargs,
+    err_console,
+    progress_bar,
+    setup_logging,
+    user_errors,
+)
 from drift_cli.tables import pct, rollout_table
 
 ENV_HELP = "Environment: an alias (math, gpqa, code), a Gymnasium id, or module.path:ClassName."
@@ -51,14 +60,25 @@ def rollout(
     seed: Annotated[int, typer.Option(help="Seed for problem choice, resets and sampling.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Engine micro-batch (conversations per call).")] = 64,
     engine: Annotated[str, typer.Option(help="Inference engine.")] = "transformers",
-    out: Annotated[Path | None, typer.Option(help="Output JSONL (default: runs/rollouts/<env>-<time>.jsonl).")] = None,
+    max_live: Annotated[int, typer.Option(min=1, help="Episodes in flight at once (bounds memory; whole groups "
+                                          "start together).")] = 256,
+    shard: Annotated[str, typer.Option(help="Collect share I of K of the groups (groups g with g % K == I), "
+                                       "e.g. 0/4; join the shards with drift merge.")] = "0/1",
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted collection in --out: keep its "
+                                         "complete groups, redo partial ones (same settings required).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Output JSONL (default: runs/rollouts/<env>-<time>.jsonl); "
+                                             "its settings go to OUT.meta.json.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
 ) -> None:
     """Sample N trajectories per problem from a fixed model and write them as JSONL.
 
     Each record has the DRIFT release's fields (prompt_id, gold, messages, verifier,
     turn_rewards, reward_details, t_star, answer_norms, format_penalty) plus drift's
-    (env_id, model, sampling, seed, turn_tokens, ...). A summary per turn follows.
+    (env_id, model, sampling, seed, group_index, turn_tokens, ...). A summary per turn follows.
+
+    Crash-safe: records are written whole as groups finish; after a crash or Ctrl-C, the same
+    command with --resume finishes the file, and the result equals an uninterrupted run. An
+    existing output is never overwritten.
     """
     setup_logging(verbose)
     with user_errors():
@@ -78,22 +98,53 @@ def rollout(
             out = Path("runs") / "rollouts" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
             out.parent.mkdir(parents=True, exist_ok=True)
         check_out_path(out)
+        share = Shard.parse(shard)
+        if out.exists() and out.stat().st_size > 0 and not resume:
+            raise FileExistsError(f"{out} already exists: finish it with --resume, or choose another --out")
+        if resume and not out.exists():
+            raise FileNotFoundError(f"--resume: {out} does not exist (nothing to resume)")
         cfg = RolloutConfig(num_prompts=num_prompts, n=n, temperature=temperature, top_p=top_p,
-                            max_new_tokens=max_new_tokens, seed=seed)
+                            max_new_tokens=max_new_tokens, seed=seed, max_live=max_live)
         with console.status(f"loading model {model}"):
             eng = make_engine(engine, model, batch_size=batch_size)
         agent = RolloutAgent(eng, make, env_id=env_id, model_name=model)
         cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens or agent.max_reply_tokens)
         problems = agent.choose_problems(cfg)
-        with TrajectoryWriter(out) as writer, progress_bar() as bar:
-            task = bar.add_task("rollout", total=len(problems) * n, extra="")
+        meta = CollectionMeta(env_id=env_id, env_args=kwargs, model=model, temperature=temperature, top_p=top_p,
+                              max_new_tokens=cfg.max_new_tokens, seed=seed, num_prompts=num_prompts, n=n,
+                              problems=problems, shard=str(share))
+        groups = share.groups(num_prompts)
+        if resume:
+            diff = CollectionMeta.load(out).differences(meta)
+            if diff:
+                raise ValueError(f"--resume: {CollectionMeta.path_for(out)} has another '{diff[0]}' "
+                                 f"({getattr(CollectionMeta.load(out), diff[0])!r}, now {getattr(meta, diff[0])!r})")
+            found = scan(out, n)
+            rewrite_complete(out, found)
+            groups = [g for g in groups if g not in found.complete]
+            console.print(f"resuming {out}: {len(found.complete)} complete groups kept, {found.partial_rows} rows of "
+                          f"unfinished groups and {found.torn_lines} torn line(s) dropped, {len(groups)} groups to go")
+        else:
+            meta.save(out)
+        interrupted = False
+        with TrajectoryWriter(out, append=resume) as writer, progress_bar() as bar:
+            task = bar.add_task("rollout", total=len(groups) * n, extra="")
             update = lambda done, total, tokens: bar.update(task, completed=done, extra=f"{tokens:,} tok")  # noqa: E731
-            _, summary = agent.run(cfg, writer=writer, problems=problems, progress=update)
+            try:
+                _, summary = agent.run(cfg, writer=writer, problems=[problems[g] for g in groups], groups=groups,
+                                       progress=update)
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            err_console.print(f"interrupted: {writer.count} trajectories written to {out}; finish with the same "
+                              "command and --resume")
+            raise typer.Exit(130)
         console.print(rollout_table(summary))
-        stats = {"env_id": env_id, "model": model, "config": asdict(cfg), "episodes": summary.metrics.episodes,
+        stats = {"env_id": env_id, "model": model, "config": asdict(cfg), "shard": str(share),
+                 "resumed": resume, "episodes": summary.metrics.episodes,
                  "accuracy_per_turn": summary.metrics.accuracy, "multi_at_k": summary.metrics.multi,
                  "generated_tokens": summary.generated_tokens, "tokens_per_s": summary.tokens_per_s,
                  "elapsed_s": summary.elapsed_s}
         out.with_suffix(".summary.json").write_text(jsonio.dumps(stats) + "\n")
-        console.print(f"wrote {writer.count} trajectories to [bold]{out}[/] "
+        console.print(f"wrote {writer.count} trajectories to [bold]{out}[/] (this run's share) "
                       f"(success within {summary.metrics.max_turns} turns: {pct(summary.metrics.overall)})")

@@ -158,13 +158,22 @@ class RolloutAgent:
         writer: TrajectoryWriter | None = None,
         problems: Sequence[int | None] | None = None,
         progress: ProgressFn | None = None,
+        groups: Sequence[int] | None = None,
     ) -> tuple[list[Trajectory], RolloutSummary]:
-        """Run ``cfg.num_prompts`` groups of ``cfg.n`` episodes; stream records to ``writer``."""
+        """Run ``cfg.num_prompts`` groups of ``cfg.n`` episodes; stream records to ``writer``.
+
+        ``groups`` gives each problem's group index in the whole collection (default 0, 1, ...):
+        a shard or a resumed run passes the indices it still owes, so every trajectory gets the
+        seed, and so the samples, it has in one uninterrupted run.
+        """
         if cfg.max_new_tokens is None:
             cfg = dataclasses.replace(cfg, max_new_tokens=self.max_reply_tokens)
         problems = list(problems) if problems is not None else self.choose_problems(cfg)
+        groups = list(groups) if groups is not None else list(range(len(problems)))
+        if len(groups) != len(problems):
+            raise ValueError(f"got {len(groups)} group indices for {len(problems)} problems")
         total = len(problems) * cfg.n
-        pending = list(enumerate(problems))[::-1]
+        pending = list(zip(groups, problems, strict=True))[::-1]
         live: list[_Episode] = []
         done: list[Trajectory] = []
         tokens = replies = malformed = 0
@@ -250,6 +259,7 @@ class RolloutAgent:
             sampling=cfg.sampling,
             seed=cfg.seed,
             sample_index=episode.sample,
+            group_index=episode.group,
             turn_tokens=episode.turn_tokens,
             turn_logprobs=episode.turn_logprobs,
             repetition_penalty=rep,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from drift_envs.loading import DataError, iter_jsonl
 
@@ -68,6 +69,8 @@ class Trajectory:
     """Seed of the rollout run."""
     sample_index: int = 0
     """Index of this trajectory within its group."""
+    group_index: int | None = None
+    """Index of its group within the rollout run (what resume, shards and merge key on)."""
     turn_tokens: list[int] = field(default_factory=list)
     """Generated tokens per turn."""
     turn_logprobs: list[float | None] = field(default_factory=list)
@@ -133,7 +136,7 @@ class Trajectory:
         success = row.get("success", t_star is not None)
         if not isinstance(success, bool):
             raise DataError(f"{where}: field 'success' must be true or false, got {success!r}")
-        for name in ("seed", "sample_index"):
+        for name in ("seed", "sample_index", "group_index"):
             value = row.get(name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise DataError(f"{where}: field '{name}' must be an integer, got {value!r}")
@@ -155,6 +158,7 @@ class Trajectory:
             sampling=Sampling(**{k: sampling[k] for k in ("temperature", "top_p", "max_new_tokens") if k in sampling}),
             seed=row.get("seed"),
             sample_index=int(row.get("sample_index") or 0),
+            group_index=row.get("group_index"),
             turn_tokens=list(row.get("turn_tokens") or []),
             turn_logprobs=list(row.get("turn_logprobs") or []),
             repetition_penalty=float(rep) if rep is not None else None,
@@ -188,23 +192,32 @@ def _turn_dict(value: dict, name: str, where: str, kind: type) -> dict:
 
 
 class TrajectoryWriter:
-    """Streams records to a JSONL file, one flushed line each, so an interrupted run keeps what it made."""
+    """Streams records to a JSONL file, one line each, so an interrupted run keeps what it made.
+
+    Each line goes to the file in one unbuffered ``os.write`` of the whole encoded line: a
+    process killed with SIGKILL leaves whole lines, and at most the last one cut short if the
+    kernel stopped mid-write (the collection reader drops such a line).
+    """
 
     def __init__(self, path: str | Path, *, append: bool = False):
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"output directory does not exist: {self.path.parent}")
-        self._handle: TextIO = self.path.open("a" if append else "w", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        self._fd: int | None = os.open(self.path, flags, 0o644)
         self.count = 0
 
     def write(self, record: Trajectory | dict[str, Any]) -> None:
         data = record.to_dict() if isinstance(record, Trajectory) else record
-        self._handle.write(json.dumps(data, ensure_ascii=False) + "\n")
-        self._handle.flush()
+        line = memoryview((json.dumps(data, ensure_ascii=False) + "\n").encode("utf-8"))
+        while line:  # os.write may write less than asked (rare for regular files)
+            line = line[os.write(self._fd, line):]
         self.count += 1
 
     def close(self) -> None:
-        self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> TrajectoryWriter:
         return self

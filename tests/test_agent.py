@@ -18,7 +18,7 @@ from drift_envs.base import SIMPLE_FEEDBACK, SYSTEM_PROMPT
 MATH = "drift/MathCorrection-v0"
 RELEASE_FIELDS = ("prompt_id", "gold", "messages", "verifier", "turn_rewards", "reward_details", "t_star",
                   "answer_norms", "format_penalty")
-DRIFT_FIELDS = ("env_id", "model", "sampling", "seed", "sample_index", "turn_tokens", "turn_logprobs",
+DRIFT_FIELDS = ("env_id", "model", "sampling", "seed", "sample_index", "group_index", "turn_tokens", "turn_logprobs",
                 "repetition_penalty", "success")
 
 PROBLEMS = [Problem("p-a", "What is 1 + 1?", "2"), Problem("p-b", "What is 3 + 4?", "7"),
@@ -176,8 +176,8 @@ def test_scripted_engine_gives_exact_records_and_metrics(scripted_engine) -> Non
         reward_details={"t1": {"env_reward": 0.0, "format_penalty": 0.0, "actions": 1, "success": False},
                         "t2": {"env_reward": 1.0, "format_penalty": 0.0, "actions": 1, "success": True}},
         t_star=2, answer_norms=["6", "7"], format_penalty=0.0, env_id=MATH, model="script",
-        sampling=Sampling(0.5, 1.0, 16), seed=4, sample_index=1, turn_tokens=[10, 10], turn_logprobs=[-5.0, -5.0],
-        repetition_penalty=0.0, success=True,
+        sampling=Sampling(0.5, 1.0, 16), seed=4, sample_index=1, group_index=1, turn_tokens=[10, 10],
+        turn_logprobs=[-5.0, -5.0], repetition_penalty=0.0, success=True,
     )
     assert b == expected_b
 
