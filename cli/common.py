@@ -39,6 +39,23 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+@contextlib.contextmanager
+def removed_on_failure(path: Path, keep: tuple[str, ...] = ()) -> Iterator[None]:
+    """Delete ``path`` (a folder) if the block fails and the folder did not exist before it: a failed command
+    leaves no empty checkpoint or run folder behind, and never deletes what was there already. A folder holding
+    any non-empty file named in ``keep`` (work worth resuming, such as collected trajectories) is kept."""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        worth_keeping = any((path / name).is_file() and (path / name).stat().st_size > 0 for name in keep)
+        if not existed and path.is_dir() and not worth_keeping:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(message)s",

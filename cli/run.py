@@ -11,7 +11,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from drift_cli.common import console, err_console, parse_env_args, progress_bar, setup_logging, user_errors
+from drift_cli.common import (
+    console,
+    err_console,
+    parse_env_args,
+    progress_bar,
+    removed_on_failure,
+    setup_logging,
+    user_errors,
+)
 from drift_cli.rollout import ENV_ARG_HELP, ENV_HELP, MODEL_HELP
 from drift_cli.tables import pct
 
@@ -116,7 +124,8 @@ def run(
             raise FileNotFoundError(f"parent directory does not exist: {out.parent}")
         cfg = RunConfig(env=env, model=model, algo=algo, preset=p, out_dir=out, trajectories=trajectories,
                         env_args=parse_env_args(env_arg))
-        result = run_pipeline(cfg, RichReporter())
+        with removed_on_failure(out, keep=("trajectories.jsonl",)):
+            result = run_pipeline(cfg, RichReporter())
         deltas = json.loads((out / "metrics.json").read_text())["paired_difference"]
         console.print(comparison_table(result.base, result.trained, deltas,
                                        f"{algo} on {env}: {result.base.metrics.episodes} held-out problems, greedy"))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from drift_cli.common import console, setup_logging, user_errors
+from drift_cli.common import console, removed_on_failure, setup_logging, user_errors
 from drift_cli.rollout import MODEL_HELP
 from drift_cli.run import ALGO_HELP, MIN_WEIGHT_HELP, UNSOLVED_HELP, RichReporter
 
@@ -32,7 +32,7 @@ def train(
 ) -> None:
     """Train a model on trajectories with an algorithm; writes a Hugging Face / PEFT checkpoint."""
     setup_logging(verbose)
-    with user_errors():
+    with user_errors(), removed_on_failure(out):
         from drift_algos.models import load_model, load_tokenizer
         from drift_algos.pipeline import make_algorithm
         from drift_algos.presets import get_preset
