@@ -122,6 +122,10 @@ def run(
             out = Path("runs") / f"{stem}-{algo}-{time.strftime('%Y%m%d-%H%M%S')}"
         elif not out.parent.exists():
             raise FileNotFoundError(f"parent directory does not exist: {out.parent}")
+        if trajectories is not None and trajectories.is_file():
+            from drift_algos.records import read_trajectories
+
+            read_trajectories(trajectories)  # a bad line is reported now, not after the model has loaded
         cfg = RunConfig(env=env, model=model, algo=algo, preset=p, out_dir=out, trajectories=trajectories,
                         env_args=parse_env_args(env_arg))
         with removed_on_failure(out, keep=("trajectories.jsonl",)):

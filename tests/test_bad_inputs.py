@@ -112,6 +112,14 @@ def test_train_rejects_before_loading_a_model(name: str, tmp_path: Path) -> None
     assert not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.parametrize("name", ["ends_with_user_message.jsonl", "success_is_a_string.jsonl"])
+def test_run_from_trajectories_rejects_before_loading_a_model(name: str, tmp_path: Path) -> None:
+    path = BAD / name
+    line = one_line_error(["run", "--trajectories", path, "--out", tmp_path / "run", "--model", tmp_path / "no"])
+    assert line.startswith(f"{path}{ERRORS[name]}"), line
+    assert not (tmp_path / "run").exists()
+
+
 def test_group_of_one_is_weighed_and_counted(tmp_path: Path) -> None:
     out = tmp_path / "w.jsonl"
     result = CliRunner().invoke(app, ["weigh", str(BAD / "group_of_one.jsonl"), "--out", str(out)])
