@@ -140,6 +140,11 @@ class Trajectory:
         repetition = row.get("repetition_penalty")
         if repetition is not None:
             repetition = _finite(repetition, "repetition_penalty", where)
+            if repetition < 0:
+                raise DataError(f"{where}: repetition_penalty: must be >= 0, got {repetition:g}")
+        for name in ("turn_tokens", "turn_logprobs"):
+            if not isinstance(row.get(name) or [], list):
+                raise DataError(f"{where}: {name}: must be a list")
         seed = row.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise DataError(f"{where}: seed: must be an integer or null, got {seed!r}")
