@@ -82,7 +82,7 @@ def run(
     trajectories: Annotated[Path | None, typer.Option(help="Start from these trajectories (skip the rollout).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<env>-<algo>-<time>).")] = None,
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate > 0 (default: the preset's).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the preset's).")] = None,
     beta: Annotated[float | None, typer.Option(help="DRIFT temperature beta (default: the preset's).")] = None,
     min_weight: Annotated[float | None, typer.Option(min=0.0, help=MIN_WEIGHT_HELP)] = None,

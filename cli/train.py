@@ -20,7 +20,7 @@ def train(
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = "smollm2-135m",
     preset: Annotated[str, typer.Option(help="Hyper-parameters from this preset.")] = "default",
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate > 0.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per micro-batch.")] = None,
     beta: Annotated[float | None, typer.Option(help="DRIFT temperature beta.")] = None,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from drift_cli.main import app
+from drift_cli.main import app, main
 
 BAD = Path(__file__).parent / "data" / "bad"
 
@@ -146,7 +147,6 @@ def test_group_of_one_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 def test_weigh_reads_standard_input_once(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     good = (BAD / "group_of_one.jsonl").read_bytes()
     out = tmp_path / "w.jsonl"
@@ -159,21 +159,27 @@ def test_weigh_reads_standard_input_once(tmp_path: Path) -> None:
 # -- bad flag values: one line naming the flag ------------------------------------------------------------------
 
 FLAG_CASES = [
-    (["weigh", "{good}", "--beta", "0"], "beta"),
-    (["weigh", "{good}", "--beta", "-1"], "beta"),
-    (["weigh", "{good}", "--gamma", "2"], "gamma"),
-    (["weigh", "{good}", "--repetition-lambda", "-1"], "repetition_lambda"),
+    (["weigh", "{good}", "--beta", "0"], "--beta: beta must be > 0"),
+    (["weigh", "{good}", "--beta", "-1"], "--beta: beta must be > 0"),
+    (["weigh", "{good}", "--beta", "nan"], "--beta: beta must be a finite number"),
+    (["weigh", "{good}", "--gamma", "2"], "--gamma: gamma must be in [0, 1]"),
+    (["weigh", "{good}", "--repetition-lambda", "-1"], "--repetition-lambda: repetition_lambda must be >= 0"),
     (["weigh", "{good}", "--out", "missing/w.jsonl"], "output directory does not exist"),
-    (["train", "{good}", "--out", "ckpt", "--beta", "0"], "beta"),
-    (["train", "{good}", "--out", "ckpt", "--gamma", "2"], "gamma"),
-    (["train", "{good}", "--out", "ckpt", "--lr", "-1"], "learning_rate"),
+    (["train", "{good}", "--out", "ckpt", "--beta", "0"], "--beta: "),
+    (["train", "{good}", "--out", "ckpt", "--beta", "inf"], "--beta: "),
+    (["train", "{good}", "--out", "ckpt", "--gamma", "2"], "--gamma: "),
+    (["train", "{good}", "--out", "ckpt", "--lr", "0"], "--lr: learning_rate must be > 0"),
     (["train", "{good}", "--out", "ckpt", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "{good}", "--out", "ckpt", "--algo", "nope"], "unknown algorithm 'nope'"),
     (["train", "{good}", "--out", "missing/ckpt"], "parent directory does not exist"),
-    (["run", "--beta", "0", "--out", "r"], "beta"),
-    (["run", "--lr", "-1", "--out", "r"], "learning_rate"),
+    (["run", "--beta", "0", "--out", "r"], "--beta: "),
+    (["run", "--lr", "0", "--out", "r"], "--lr: learning_rate must be > 0"),
     (["run", "--preset", "nope", "--out", "r"], "unknown preset 'nope'"),
+    (["run", "--algo", "nope", "--out", "r"], "unknown algorithm 'nope'"),
     (["run", "--out", "missing/r"], "parent directory does not exist"),
+    (["rollout", "--top-p", "0", "--out", "r.jsonl"], "--top-p: top_p must be in (0, 1]"),
     (["rollout", "--out", "missing/r.jsonl"], "output directory does not exist"),
+    (["eval", "--out", "missing/e.json"], "output directory does not exist"),
 ]
 
 
@@ -187,12 +193,21 @@ def test_bad_flag_value_is_one_line_naming_it(args: list[str], names: str, tmp_p
 
 @pytest.mark.parametrize(
     ("args", "flag"),
-    [(["rollout", "--n", "0"], "--n"), (["run", "--n", "0"], "--n"), (["train", "x", "--out", "o", "--epochs", "0"],
-     "--epochs"), (["run", "--epochs", "0"], "--epochs"), (["train", "x", "--out", "o", "--batch-size", "0"],
-     "--batch-size"), (["run", "--min-weight", "-1"], "--min-weight"), (["rollout", "--temperature", "-1"],
-     "--temperature"), (["run", "--temperature", "-1"], "--temperature")],
+    [(["rollout", "--n", "0"], "--n"), (["run", "--n", "0"], "--n"),
+     (["train", "x", "--out", "o", "--lr", "-1"], "--lr"),
+     (["train", "x", "--out", "o", "--lr", "nan"], "--lr"), (["run", "--lr", "-1"], "--lr"),
+     (["eval", "--num-problems", "0"], "--num-problems"), (["eval", "--max-new-tokens", "0"], "--max-new-tokens"),
+     (["rollout", "--max-turns", "0"], "--max-turns"), (["train", "x", "--out", "o", "--epochs", "0"], "--epochs"),
+     (["run", "--epochs", "0"], "--epochs"), (["train", "x", "--out", "o", "--batch-size", "0"], "--batch-size"),
+     (["run", "--min-weight", "-1"], "--min-weight"), (["rollout", "--temperature", "-1"], "--temperature"),
+     (["run", "--temperature", "nan"], "--temperature"), (["run", "--gamma", "0.5"], "--gamma")],
 )
-def test_out_of_range_flag_is_a_usage_error_naming_it(args: list[str], flag: str) -> None:
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2
-    assert f"Invalid value for '{flag}'" in result.stderr
+def test_out_of_range_flag_is_one_line_naming_it(args: list[str], flag: str, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the console entry point, which turns Typer's usage errors into one line."""
+    monkeypatch.setattr(sys, "argv", ["drift", *args])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
