@@ -134,6 +134,8 @@ def test_group_of_one_is_weighed_and_counted(tmp_path: Path) -> None:
     assert weights[2] == 1.0
     stats = json.loads(Path(str(out) + ".stats.json").read_text())["stats"]
     assert stats["num_groups"] == 2 and stats["equal_return_group_share"] == 0.5
+    assert stats["single_trajectory_groups"] == 1
+    assert "groups of one trajectory (weight 1)" in result.output
 
 
 def test_group_of_one_trains(tiny_model_dir: Path, tmp_path: Path) -> None:

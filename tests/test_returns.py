@@ -221,7 +221,9 @@ def test_weight_stats_from_groups() -> None:
     assert stats.ess_overall_fraction == pytest.approx(25 / 5.5 / 5)
     assert (stats.weight_min, stats.weight_max, stats.weight_mean) == (0.5, 1.5, 1.0)
     assert stats.equal_return_group_share == 0.5 and stats.no_success_group_share == 0.5
+    assert stats.single_trajectory_groups == 0
     assert WeightStats.from_groups([[1.0]], [[1.0]]).no_success_group_share is None
+    assert WeightStats.from_groups([[1.0], [2.0, 0.0], [3.0]], [[1.0], [1.9, 0.1], [1.0]]).single_trajectory_groups == 2
     with pytest.raises(ValueError):
         WeightStats.from_groups([], [])
     with pytest.raises(ValueError):
