@@ -66,11 +66,13 @@ def iter_jsonl(path: str | Path) -> Iterator[Row]:
     number = 0
     try:
         with opener(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+            # Read at most one byte past the limit per line, so a huge line never sits in memory whole.
+            lines = iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b"")
+            for number, raw in enumerate(lines, start=1):
                 if number == 1 and raw[:2] == b"\x1f\x8b":
                     raise DataError(f"{path}:1: file is gzip-compressed; name it .gz")
                 if len(raw) > MAX_LINE_BYTES:
-                    raise DataError(f"{path}:{number}: line is {len(raw):,} bytes, over the {MAX_LINE_BYTES:,} limit")
+                    raise DataError(f"{path}:{number}: line is over the {MAX_LINE_BYTES:,}-byte limit")
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as err:

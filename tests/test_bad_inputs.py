@@ -77,7 +77,7 @@ def generated(name: str, tmp_path: Path) -> Path:
 
 
 GENERATED = {
-    "fifty_megabyte_line.jsonl": ":2: line is 52,429,",
+    "fifty_megabyte_line.jsonl": ":2: line is over the 16,777,216-byte limit",
     "deeply_nested.jsonl": ":2: invalid JSON (nested too deeply)",
     "directory.jsonl": ": is a directory, expected a JSON Lines file",
 }
