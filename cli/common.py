@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,24 @@ err_console = Console(stderr=True)
 USER_ERRORS: tuple[type[BaseException], ...] = (LookupError, ValueError, OSError, TypeError, gym_error.Error)
 
 
+# Config fields that CLI flags set: a config's "learning_rate must be > 0" is shown as "--lr: learning_rate must ...",
+# so the user sees which flag to change.
+FLAG_OF_FIELD = {
+    "learning_rate": "--lr", "beta": "--beta", "gamma": "--gamma", "repetition_lambda": "--repetition-lambda",
+    "top_p": "--top-p", "temperature": "--temperature", "min_weight": "--min-weight", "epochs": "--epochs",
+    "batch_size": "--batch-size", "num_prompts": "--num-prompts", "n": "--n", "max_turns": "--max-turns",
+    "max_new_tokens": "--max-new-tokens",
+}
+
+
+def name_the_flag(message: str) -> str:
+    """Prefix a config validation message ``field must ...`` with the flag that sets the field."""
+    field = re.match(r"(\w+) must ", message)
+    if field and field.group(1) in FLAG_OF_FIELD:
+        return f"{FLAG_OF_FIELD[field.group(1)]}: {message}"
+    return message
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn input errors into a one-line message and exit code 2."""
@@ -35,8 +54,26 @@ def user_errors() -> Iterator[None]:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, KeyError):
             message = message.strip("'\"")
+        message = name_the_flag(message)
         err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: Path, keep: tuple[str, ...] = ()) -> Iterator[None]:
+    """Delete ``path`` (a folder) if the block fails and the folder did not exist before it: a failed command
+    leaves no empty checkpoint or run folder behind, and never deletes what was there already. A folder holding
+    any non-empty file named in ``keep`` (work worth resuming, such as collected trajectories) is kept."""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        worth_keeping = any((path / name).is_file() and (path / name).stat().st_size > 0 for name in keep)
+        if not existed and path.is_dir() and not worth_keeping:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def setup_logging(verbose: bool) -> None:

@@ -11,7 +11,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from drift_cli.common import console, err_console, parse_env_args, progress_bar, setup_logging, user_errors
+from drift_cli.common import (
+    console,
+    err_console,
+    parse_env_args,
+    progress_bar,
+    removed_on_failure,
+    setup_logging,
+    user_errors,
+)
 from drift_cli.rollout import ENV_ARG_HELP, ENV_HELP, MODEL_HELP
 from drift_cli.tables import pct
 
@@ -74,7 +82,7 @@ def run(
     trajectories: Annotated[Path | None, typer.Option(help="Start from these trajectories (skip the rollout).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<env>-<algo>-<time>).")] = None,
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the preset's).")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate > 0 (default: the preset's).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the preset's).")] = None,
     beta: Annotated[float | None, typer.Option(help="DRIFT temperature beta (default: the preset's).")] = None,
     min_weight: Annotated[float | None, typer.Option(min=0.0, help=MIN_WEIGHT_HELP)] = None,
@@ -114,9 +122,14 @@ def run(
             out = Path("runs") / f"{stem}-{algo}-{time.strftime('%Y%m%d-%H%M%S')}"
         elif not out.parent.exists():
             raise FileNotFoundError(f"parent directory does not exist: {out.parent}")
+        if trajectories is not None and trajectories.is_file():
+            from drift_algos.records import read_trajectories
+
+            read_trajectories(trajectories)  # a bad line is reported now, not after the model has loaded
         cfg = RunConfig(env=env, model=model, algo=algo, preset=p, out_dir=out, trajectories=trajectories,
                         env_args=parse_env_args(env_arg))
-        result = run_pipeline(cfg, RichReporter())
+        with removed_on_failure(out, keep=("trajectories.jsonl",)):
+            result = run_pipeline(cfg, RichReporter())
         deltas = json.loads((out / "metrics.json").read_text())["paired_difference"]
         console.print(comparison_table(result.base, result.trained, deltas,
                                        f"{algo} on {env}: {result.base.metrics.episodes} held-out problems, greedy"))

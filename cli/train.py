@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from drift_cli.common import console, setup_logging, user_errors
+from drift_cli.common import console, removed_on_failure, setup_logging, user_errors
 from drift_cli.rollout import MODEL_HELP
 from drift_cli.run import ALGO_HELP, MIN_WEIGHT_HELP, UNSOLVED_HELP, RichReporter
 
@@ -20,7 +20,7 @@ def train(
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = "smollm2-135m",
     preset: Annotated[str, typer.Option(help="Hyper-parameters from this preset.")] = "default",
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapter or full fine-tuning.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate > 0.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per micro-batch.")] = None,
     beta: Annotated[float | None, typer.Option(help="DRIFT temperature beta.")] = None,
@@ -32,7 +32,7 @@ def train(
 ) -> None:
     """Train a model on trajectories with an algorithm; writes a Hugging Face / PEFT checkpoint."""
     setup_logging(verbose)
-    with user_errors():
+    with user_errors(), removed_on_failure(out):
         from drift_algos.models import load_model, load_tokenizer
         from drift_algos.pipeline import make_algorithm
         from drift_algos.presets import get_preset

@@ -31,6 +31,7 @@ _STAT_LABELS = {
     "return_max": "return max",
     "equal_return_group_share": "groups with all returns equal",
     "no_success_group_share": "groups with no success",
+    "single_trajectory_groups": "groups of one trajectory (weight 1)",
 }
 
 

@@ -98,85 +98,110 @@ class Trajectory:
 
         def need(name: str, types: type | tuple[type, ...]) -> Any:
             if name not in row or row[name] is None:
-                raise DataError(f"{where}: missing field '{name}'")
-            if not isinstance(row[name], types):
-                raise DataError(f"{where}: field '{name}' has type {type(row[name]).__name__}")
+                raise DataError(f"{where}: {name}: missing field")
+            if not isinstance(row[name], types) or isinstance(row[name], bool):
+                raise DataError(f"{where}: {name}: must be {_names(types)}, got {type(row[name]).__name__}")
             return row[name]
 
         prompt_id = need("prompt_id", (str, int))
         if str(prompt_id) == "":
-            raise DataError(f"{where}: field 'prompt_id' is empty")
+            raise DataError(f"{where}: prompt_id: is empty")
         messages = need("messages", list)
         for i, message in enumerate(messages):
             ok = isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)
             if not ok:
-                raise DataError(f"{where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: str}}")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise DataError(f"{where}: field 'messages' has no assistant message")
-        if messages[-1]["role"] != "assistant":
-            raise DataError(f"{where}: field 'messages' must end with an assistant message (the training target), "
-                            f"ends with {messages[-1]['role']!r}")
+                raise DataError(f"{where}: messages[{i}]: must be {{role: system|user|assistant, content: str}}")
+            if message["role"] == "assistant" and not message["content"].strip():
+                # An empty reply trains the model to stop at once; such a record is a collection bug.
+                raise DataError(f"{where}: messages[{i}]: assistant message is empty")
+        if not messages or messages[-1]["role"] != "assistant":
+            # Training targets the assistant turns; a trailing user turn would be caught only after the model loads.
+            raise DataError(f"{where}: messages: must end with an assistant message")
         turn_rewards = _turn_dict(need("turn_rewards", dict), "turn_rewards", where, float)
-        verifier = _turn_dict(row.get("verifier") or {}, "verifier", where, int)
-        fp = _number(row.get("format_penalty", row.get("trajectory_penalty", 0.0)) or 0.0, "format_penalty", where)
+        verifier_raw = row.get("verifier") or {}
+        if not isinstance(verifier_raw, dict):
+            raise DataError(f"{where}: verifier: must be an object {{t1: 0/1, ...}}")
+        verifier = _turn_dict(verifier_raw, "verifier", where, int)
+        fp = row.get("format_penalty", row.get("trajectory_penalty", 0.0)) or 0.0
+        fp = _finite(fp, "format_penalty", where)
         if fp > 0:
-            raise DataError(f"{where}: field 'format_penalty' must be <= 0 (a penalty), got {fp}")
-        rep = row.get("repetition_penalty")
-        if rep is not None and _number(rep, "repetition_penalty", where) < 0:
-            raise DataError(f"{where}: field 'repetition_penalty' must be >= 0, got {rep}")
+            # A penalty is never a bonus: a positive value would take its group's whole weight.
+            raise DataError(f"{where}: format_penalty: must be <= 0, got {fp:g}")
         norms = row.get("answer_norms") or []
         if not isinstance(norms, list):
-            raise DataError(f"{where}: field 'answer_norms' must be a list")
+            raise DataError(f"{where}: answer_norms: must be a list")
         sampling = row.get("sampling") or {}
         if not isinstance(sampling, dict):
-            raise DataError(f"{where}: field 'sampling' must be an object")
+            raise DataError(f"{where}: sampling: must be an object")
         t_star = row.get("t_star")
-        if t_star is not None and (not isinstance(t_star, int) or isinstance(t_star, bool) or t_star < 1):
-            raise DataError(f"{where}: field 't_star' must be a turn number >= 1 or null, got {t_star!r}")
+        if t_star is not None and (isinstance(t_star, bool) or not isinstance(t_star, int) or t_star < 1):
+            raise DataError(f"{where}: t_star: must be a turn number >= 1 or null, got {t_star!r}")
         success = row.get("success", t_star is not None)
         if not isinstance(success, bool):
-            raise DataError(f"{where}: field 'success' must be true or false, got {success!r}")
-        for name in ("seed", "sample_index", "group_index"):
-            value = row.get(name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise DataError(f"{where}: field '{name}' must be an integer, got {value!r}")
+            # "false" is a truthy string: accepting it would count a failure as solved.
+            raise DataError(f"{where}: success: must be true or false, got {success!r}")
+        repetition = row.get("repetition_penalty")
+        if repetition is not None:
+            repetition = _finite(repetition, "repetition_penalty", where)
+            if repetition < 0:
+                raise DataError(f"{where}: repetition_penalty: must be >= 0, got {repetition:g}")
         for name in ("turn_tokens", "turn_logprobs"):
             if not isinstance(row.get(name) or [], list):
-                raise DataError(f"{where}: field '{name}' must be a list")
+                raise DataError(f"{where}: {name}: must be a list")
+        seed = row.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise DataError(f"{where}: seed: must be an integer or null, got {seed!r}")
+        sample_index = row.get("sample_index") or 0
+        if isinstance(sample_index, bool) or not isinstance(sample_index, int):
+            raise DataError(f"{where}: sample_index: must be an integer, got {sample_index!r}")
+        group_index = row.get("group_index")
+        if group_index is not None and (isinstance(group_index, bool) or not isinstance(group_index, int)):
+            raise DataError(f"{where}: group_index: must be an integer or null, got {group_index!r}")
+        reward_details = row.get("reward_details") or {}
+        if not isinstance(reward_details, dict):
+            raise DataError(f"{where}: reward_details: must be an object")
+        try:
+            known = ("temperature", "top_p", "max_new_tokens")
+            sampling_cfg = Sampling(**{k: v for k, v in sampling.items() if k in known})
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: sampling: {err}") from None
         return cls(
             prompt_id=str(prompt_id),
             messages=[{"role": m["role"], "content": m["content"]} for m in messages],
             verifier=verifier,
             turn_rewards=turn_rewards,
             gold=str(row.get("gold") or ""),
-            reward_details=row.get("reward_details") or {},
+            reward_details=reward_details,
             t_star=t_star,
             answer_norms=[str(a) if a is not None else "" for a in norms],
-            format_penalty=float(fp),
-            env_id=row.get("env_id") or "",
-            model=row.get("model") or "",
-            sampling=Sampling(**{k: sampling[k] for k in ("temperature", "top_p", "max_new_tokens") if k in sampling}),
-            seed=row.get("seed"),
-            sample_index=int(row.get("sample_index") or 0),
-            group_index=row.get("group_index"),
+            format_penalty=fp,
+            env_id=str(row.get("env_id") or ""),
+            model=str(row.get("model") or ""),
+            sampling=sampling_cfg,
+            seed=seed,
+            sample_index=sample_index,
+            group_index=group_index,
             turn_tokens=list(row.get("turn_tokens") or []),
             turn_logprobs=list(row.get("turn_logprobs") or []),
-            repetition_penalty=float(rep) if rep is not None else None,
+            repetition_penalty=repetition,
             success=success,
         )
 
 
-def _number(value: Any, name: str, where: str) -> float:
-    """A finite float, or a :class:`DataError` naming the field (NaN, infinities and numbers past
-    float range included)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise DataError(f"{where}: field '{name}' must be a number, got {value!r}"[:300])
+def _names(types: type | tuple[type, ...]) -> str:
+    return types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+
+
+def _finite(value: Any, name: str, where: str) -> float:
+    """``value`` as a finite float, or a :class:`DataError` (NaN, infinities and integers beyond float range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{where}: {name}: must be a number, got {value!r}"[:300])
     try:
         number = float(value)
     except OverflowError:
-        raise DataError(f"{where}: field '{name}' is too large ({len(str(value))} digits)") from None
+        raise DataError(f"{where}: {name}: number too large ({len(str(abs(value)))} digits)") from None
     if not math.isfinite(number):
-        raise DataError(f"{where}: field '{name}' must be finite, got {number}")
+        raise DataError(f"{where}: {name}: must be finite, got {number}")
     return number
 
 
@@ -184,10 +209,10 @@ def _turn_dict(value: dict, name: str, where: str, kind: type) -> dict:
     out = {}
     for key, item in value.items():
         if not _TURN_KEY.match(str(key)):
-            raise DataError(f"{where}: field '{name}' has key {key!r}; expected t1, t2, ...")
-        if isinstance(item, bool) and kind is int:  # verifier: true/false are 1/0
+            raise DataError(f"{where}: {name}: has key {key!r}; expected t1, t2, ...")
+        if kind is int and isinstance(item, bool):
             item = int(item)
-        out[str(key)] = kind(_number(item, f"{name}.{key}", where))
+        out[str(key)] = kind(_finite(item, f"{name}.{key}", where))
     return dict(sorted(out.items(), key=lambda kv: int(kv[0][1:])))
 
 

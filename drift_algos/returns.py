@@ -187,6 +187,8 @@ class WeightStats:
     """Share of groups whose returns are all equal: their weights are all 1, so they add no preference signal."""
     no_success_group_share: float | None
     """Share of groups in which no trajectory succeeded; ``None`` when success is unknown."""
+    single_trajectory_groups: int = 0
+    """Groups of one trajectory: weight exactly 1, no comparison within the group (counted, not an error)."""
 
     @classmethod
     def from_groups(
@@ -229,6 +231,7 @@ class WeightStats:
             return_max=max(all_returns),
             equal_return_group_share=sum(1 for g in returns_by_group if all(r == g[0] for r in g)) / num_groups,
             no_success_group_share=no_success,
+            single_trajectory_groups=sum(1 for g in returns_by_group if len(g) == 1),
         )
 
     def to_dict(self) -> dict[str, float | int | None]:

@@ -173,6 +173,11 @@ def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+STALE_WEIGHT_FILES = ("adapter_config.json", "adapter_model.*", "model.safetensors", "model-*-of-*.safetensors",
+                      "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+"""Weight files :meth:`Trainer.save` clears before saving, so a folder never mixes a model and an old adapter."""
+
+
 class Trainer:
     """Fits a causal LM to weighted samples."""
 
@@ -288,8 +293,15 @@ class Trainer:
                            final_loss=sum(epoch_losses) / max(1, len(epoch_losses)), history=history)
 
     def save(self, path: Path) -> Path:
-        """Save the model (or the LoRA adapter) and the tokenizer in Hugging Face format."""
+        """Save the model (or the LoRA adapter) and the tokenizer in Hugging Face format.
+
+        Weights of an earlier save into the same folder are removed first: a full model saved beside an
+        older adapter would otherwise be loaded with that adapter applied on top.
+        """
         path.mkdir(parents=True, exist_ok=True)
+        for pattern in STALE_WEIGHT_FILES:
+            for stale in path.glob(pattern):
+                stale.unlink()
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         (path / "drift_train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2, default=str) + "\n")

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +100,7 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
     Every other field of every row is written back unchanged (a release file gains just the two
     columns; a weighted file weighed again has them replaced). Rows are validated as
     :class:`Trajectory` records, so a bad row raises :class:`DataError` naming ``file:line`` and the
-    field. The file is read twice rather than held in memory, and the output is written to a
+    field. A regular file is read twice rather than held in memory (a pipe is held), and the output is written to a
     temporary file first, so ``out_path`` may equal ``in_path`` and an error leaves no partial file.
     A missing output directory raises :class:`FileNotFoundError`; an output path that is a directory,
     :class:`IsADirectoryError`.
@@ -112,17 +112,14 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
     if out_path.is_dir():
         raise IsADirectoryError(f"output path is a directory: {out_path}")
 
-    # A pipe or /dev/stdin can be read once: keep its rows for the second pass. A regular file is
-    # read twice instead, so a large file is never held in memory.
-    held = None if in_path.is_file() else list(iter_rows(in_path))
-
-    def rows() -> Iterator[tuple[str, dict]]:
-        return iter(held) if held is not None else iter_rows(in_path)
-
     prompt_ids: list[str] = []
     returns: list[float] = []
     successes: list[bool] = []
-    for where, row in rows():
+    # A pipe or /dev/stdin can be read only once: keep its rows; a regular file is read again instead.
+    kept: list[tuple[str, dict]] | None = None if in_path.is_file() else []
+    for where, row in iter_rows(in_path):
+        if kept is not None:
+            kept.append((where, row))
         record = Trajectory.from_dict(row, where)
         try:
             value = cfg.return_of(record)
@@ -142,7 +139,7 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
     try:
         with temporary.open("w", encoding="utf-8") as handle:
             count = 0
-            for where, row in rows():
+            for where, row in iter_rows(in_path) if kept is None else kept:
                 if count >= len(weights):
                     raise DataError(f"{where}: {in_path} changed while it was being weighed")
                 # Assigning keeps an existing column's position and appends a new one at the end.

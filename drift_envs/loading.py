@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+MAX_LINE_BYTES = 16 * 1024 * 1024
+"""Longest JSON line read (16 MiB): far above any real record (a reply is at most 1 MiB), and a bound on memory."""
+
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -52,13 +55,28 @@ class Row:
 def iter_jsonl(path: str | Path) -> Iterator[Row]:
     """Records of a JSON Lines file (``.gz`` compressed or not), each with its ``path:line``.
 
-    A malformed line raises :class:`DataError` naming the file and the line.
+    The file is read once, as a stream (so ``/dev/stdin`` and pipes work). A malformed line
+    (invalid JSON, bytes that are not UTF-8, nesting too deep, an integer too long to parse)
+    raises :class:`DataError` naming the file and the line; so does a gzip file not named ``.gz``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a JSON Lines file")
     opener = gzip.open if path.suffix == ".gz" else open
+    number = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+        with opener(path, "rb") as handle:
+            # Read at most one byte past the limit per line, so a huge line never sits in memory whole.
+            lines = iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b"")
+            for number, raw in enumerate(lines, start=1):
+                if number == 1 and raw[:2] == b"\x1f\x8b":
+                    raise DataError(f"{path}:1: file is gzip-compressed; name it .gz")
+                if len(raw) > MAX_LINE_BYTES:
+                    raise DataError(f"{path}:{number}: line is over the {MAX_LINE_BYTES:,}-byte limit")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path}:{number}: invalid UTF-8 at byte {err.start}") from None
                 if not line.strip():
                     continue
                 try:
@@ -67,15 +85,16 @@ def iter_jsonl(path: str | Path) -> Iterator[Row]:
                     raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
                 except RecursionError:
                     raise DataError(f"{path}:{number}: invalid JSON (nested too deeply)") from None
-                except ValueError as err:  # e.g. an integer past Python's digit limit
-                    raise DataError(f"{path}:{number}: invalid JSON ({str(err).splitlines()[0]})") from None
+                except ValueError as err:  # e.g. an integer of more digits than Python converts
+                    raise DataError(f"{path}:{number}: invalid JSON ({err})") from None
                 if not isinstance(data, dict):
                     raise DataError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
                 yield Row(f"{path}:{number}", data)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, EOFError, UnicodeDecodeError) as err:  # not gzip, truncated, binary
-        raise DataError(f"{path}: cannot read as JSON Lines: {err}") from None
+    except (OSError, EOFError) as err:  # truncated gzip, permissions
+        where = f"{path}:{number}" if number else str(path)
+        raise DataError(f"{where}: cannot read as JSON Lines: {err}") from None
 
 
 def _read_with_datasets(path: Path, fmt: str) -> Iterator[Row]:

@@ -28,25 +28,25 @@ GOOD = {
 
 # (name, the second line of the file, the field the error must name)
 CASES = [
-    ("success as a string", json.dumps({**GOOD, "success": "false"}), "field 'success' must be true or false"),
-    ("positive format penalty", json.dumps({**GOOD, "format_penalty": 5}), "field 'format_penalty' must be <= 0"),
+    ("success as a string", json.dumps({**GOOD, "success": "false"}), "success: must be true or false"),
+    ("positive format penalty", json.dumps({**GOOD, "format_penalty": 5}), "format_penalty: must be <= 0"),
     ("400-digit reward", json.dumps(GOOD).replace('"t1": 1.0', '"t1": ' + "9" * 400),
-     "field 'turn_rewards.t1' is too large"),
+     "turn_rewards.t1: number too large"),
     ("5000-digit reward", json.dumps(GOOD).replace('"t1": 1.0', '"t1": ' + "9" * 5000), "invalid JSON"),
     ("nested arrays", '{"prompt_id": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON (nested too deeply)"),
-    ("t_star text", json.dumps({**GOOD, "t_star": "abc"}), "field 't_star' must be a turn number"),
-    ("t_star zero", json.dumps({**GOOD, "t_star": 0}), "field 't_star' must be a turn number"),
+    ("t_star text", json.dumps({**GOOD, "t_star": "abc"}), "t_star: must be a turn number"),
+    ("t_star zero", json.dumps({**GOOD, "t_star": 0}), "t_star: must be a turn number"),
     ("ends with a user message",
      json.dumps({**GOOD, "messages": [*GOOD["messages"], {"role": "user", "content": "Incorrect."}]}),
-     "field 'messages' must end with an assistant message"),
-    ("NaN reward", json.dumps(GOOD).replace('"t1": 1.0', '"t1": NaN'), "field 'turn_rewards.t1' must be finite"),
+     "messages: must end with an assistant message"),
+    ("NaN reward", json.dumps(GOOD).replace('"t1": 1.0', '"t1": NaN'), "turn_rewards.t1: must be finite"),
     ("infinite reward", json.dumps(GOOD).replace('"t1": 1.0', '"t1": -Infinity'),
-     "field 'turn_rewards.t1' must be finite"),
+     "turn_rewards.t1: must be finite"),
     ("infinite penalty", json.dumps(GOOD).replace('"format_penalty": 0.0', '"format_penalty": -Infinity'),
-     "field 'format_penalty' must be finite"),
+     "format_penalty: must be finite"),
     ("negative repetition penalty", json.dumps({**GOOD, "repetition_penalty": -1}),
-     "field 'repetition_penalty' must be >= 0"),
-    ("sample index text", json.dumps({**GOOD, "sample_index": "3"}), "field 'sample_index' must be an integer"),
+     "repetition_penalty: must be >= 0"),
+    ("sample index text", json.dumps({**GOOD, "sample_index": "3"}), "sample_index: must be an integer"),
 ]
 
 

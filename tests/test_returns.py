@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from drift_algos.records import Trajectory, read_trajectories
@@ -20,6 +19,7 @@ from drift_algos.returns import (
     trajectory_return,
 )
 from drift_algos.weighting import WeighConfig, weigh
+from drift_envs.loading import DataError
 
 SAMPLE = Path(__file__).parent / "data" / "release_sample.jsonl"
 
@@ -133,9 +133,12 @@ def test_weights_on_release_sample_equal_hand_computation(records: list[Trajecto
     for indices in GROUPS.values():
         expected = naive_weights([EXPECTED_RETURNS[i] for i in indices], 0.1)
         assert [weights[i] for i in indices] == pytest.approx(expected, rel=1e-12)
-    # Hand values of the first group: returns 1.0, 0.9, -0.225, 0.6433...
-    assert weights[0] == pytest.approx(2.865054317, rel=1e-9)
-    assert weights[1] == pytest.approx(1.0539945811, rel=1e-9)
+    # The first group by hand: returns 1.0, 0.9, -0.225 and 0.81 - 1/6, so at beta 0.1 the exponents are
+    # 10, 9, -2.25 and 6.4333...; each weight is 4 * exp(x_i) / sum_j exp(x_j).
+    hand_total = math.exp(10) + math.exp(9) + math.exp(-2.25) + math.exp(8.1 - 10 / 6)
+    assert weights[0] == pytest.approx(4 * math.exp(10) / hand_total, rel=1e-12)
+    assert weights[1] == pytest.approx(4 * math.exp(9) / hand_total, rel=1e-12)
+    assert weights[2] == pytest.approx(4 * math.exp(-2.25) / hand_total, rel=1e-12)
     # The group whose returns are all equal gets exactly 1.
     assert [weights[i] for i in GROUPS["metamath_42"]] == [1.0, 1.0, 1.0]
     assert stats.num_trajectories == 11 and stats.num_groups == 4
@@ -152,24 +155,15 @@ def test_group_mean_weight_is_one(records: list[Trajectory], beta: float) -> Non
         assert math.fsum(weights[i] for i in indices) / len(indices) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_large_return_at_small_beta_overflows_float32_but_not_ours(records: list[Trajectory]) -> None:
-    # The group with a return of 5.0 at beta = 0.05: exp(5.0 / 0.05) = exp(100) exceeds float32's range
-    # (exp(3.0 / 0.05) = exp(60) would still fit: float32 overflows beyond exp(88.7)).
-    with np.errstate(over="ignore", invalid="ignore"):
-        naive = np.exp(np.float32(5.0 / 0.05))
-        assert np.isinf(naive)
-        naive_group = np.exp(np.array([5.0, 0.0], dtype=np.float32) / np.float32(0.05))
-        assert np.isnan((naive_group / naive_group.mean())[0])
+def test_large_return_at_small_beta_gives_finite_hand_weights(records: list[Trajectory]) -> None:
+    # The group with returns 5.0 and 0.0 at beta = 0.05: exp(100) / (exp(100) + 1) * 2 and 2 / (exp(100) + 1).
     _, weights, _ = weigh(records, WeighConfig(beta=0.05))
     ours = [weights[i] for i in GROUPS["metamath_7"]]
-    assert all(math.isfinite(w) for w in ours)
     assert ours == pytest.approx([2 / (1 + math.exp(-100)), 2 * math.exp(-100) / (1 + math.exp(-100))], rel=1e-12)
     assert ours[1] > 0
 
 
 def test_huge_and_infinite_returns() -> None:
-    with pytest.raises(OverflowError):
-        naive_weights([1000.0, 999.0, 0.0], 0.1)
     assert group_weights([1000.0, 999.0, 0.0], 0.1) == pytest.approx(
         [3 / (1 + math.exp(-10)), 3 * math.exp(-10) / (1 + math.exp(-10)), 0.0], rel=1e-12
     )
@@ -227,7 +221,9 @@ def test_weight_stats_from_groups() -> None:
     assert stats.ess_overall_fraction == pytest.approx(25 / 5.5 / 5)
     assert (stats.weight_min, stats.weight_max, stats.weight_mean) == (0.5, 1.5, 1.0)
     assert stats.equal_return_group_share == 0.5 and stats.no_success_group_share == 0.5
+    assert stats.single_trajectory_groups == 0
     assert WeightStats.from_groups([[1.0]], [[1.0]]).no_success_group_share is None
+    assert WeightStats.from_groups([[1.0], [2.0, 0.0], [3.0]], [[1.0], [1.9, 0.1], [1.0]]).single_trajectory_groups == 2
     with pytest.raises(ValueError):
         WeightStats.from_groups([], [])
     with pytest.raises(ValueError):
@@ -257,9 +253,11 @@ def test_infinite_reward_in_a_record_is_rejected() -> None:
         "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
         "turn_rewards": {"t1": math.inf},
     }
-    with pytest.raises(ValueError, match="field 'turn_rewards.t1' must be finite"):
+    with pytest.raises(DataError, match="turn_rewards.t1: must be finite"):
         Trajectory.from_dict(row)
-    record = Trajectory(prompt_id="p", messages=row["messages"], verifier={}, turn_rewards={"t1": math.inf})
+    # A record built in code (not read from a file) is caught when it is weighed.
+    record = Trajectory.from_dict({**row, "turn_rewards": {"t1": 1.0}})
+    record.turn_rewards["t1"] = math.inf
     with pytest.raises(ValueError, match="prompt_id 'p'"):
         weigh([record])
 
@@ -280,5 +278,3 @@ def test_return_of_three_at_beta_005_matches_hand_computation(tmp_path: Path) ->
     hand = [3 * e / (e + 2), 3 / (e + 2), 3 / (e + 2)]
     assert weights == pytest.approx(hand, rel=1e-12)
     assert sum(weights) == pytest.approx(3.0)
-    with np.errstate(over="ignore"):
-        assert np.isinf(np.exp(np.float16(3.0 / 0.05)))
