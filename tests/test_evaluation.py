@@ -140,6 +140,18 @@ def test_presets() -> None:
         get_preset("huge")
 
 
+def test_preset_descriptions_are_the_one_source_of_run_times() -> None:
+    """`drift run --help` and the README's preset table say what each preset's description says."""
+    params = {p.name: p.help for p in typer.main.get_command(app).commands["run"].params}
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[5].strip() for line in readme.splitlines()
+            if line.startswith("| `") and line.count("|") == 6}
+    for name in PRESETS:
+        description = get_preset(name).description
+        assert f"{name}: {description}" in params["preset"]
+        assert rows[name] == description
+
+
 # -- the pipeline on the tiny model --------------------------------------------------------------------------
 
 
