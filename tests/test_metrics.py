@@ -198,3 +198,13 @@ def test_flips_carry_information_only_after_a_success(raw: list[list[bool]]) -> 
         assert w2r == accuracy or (math.isnan(w2r) and math.isnan(accuracy))
     m = compute_metrics(stopped)
     assert m.wrong_to_right is None and m.right_to_wrong is None
+
+
+def test_turn_table_shows_flip_columns_only_where_they_carry_information() -> None:
+    from drift_cli.tables import turn_table
+
+    continuing = turn_table(compute_metrics(OUTCOMES), "f continues after its success")
+    assert [c.header for c in continuing.columns][-2:] == ["wrong→right", "right→wrong"]
+    assert list(continuing.columns[-1].cells) == ["-", "100.0%", "-"]  # f: right at 1, wrong at 2
+    stopping = turn_table(compute_metrics(STOPS), "every episode ends on success")
+    assert [c.header for c in stopping.columns] == ["turn", "running", "accuracy", "multi@k", "correction"]
