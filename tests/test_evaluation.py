@@ -339,3 +339,19 @@ def test_run_config_validation(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="trajectories file not found"):
         RunConfig(env="math", model="m", algo="drift", preset=tiny_preset(), out_dir=tmp_path,
                   trajectories=tmp_path / "missing.jsonl")
+
+
+def test_eval_run_reloads_a_lora_checkpoint_on_its_base_model(sharp_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    preset = tiny_preset()
+    preset.train = TrainConfig(learning_rate=1e-2, epochs=1, batch_size=4, warmup_ratio=0.0, lora=True)
+    run(RunConfig(env="math", model=str(sharp_model_dir), algo="drift", preset=preset, out_dir=out))
+    spec = run_evaluation(out)
+    assert (spec.model, spec.adapter) == (str(sharp_model_dir), str(out / "checkpoint"))
+    # The adapter changed the replies, so reproducing them needs it loaded.
+    assert episodes(out / "eval_trained.jsonl") != episodes(out / "eval_base.jsonl")
+    again = tmp_path / "again.json"
+    done = CliRunner().invoke(app, ["eval", "--run", str(out), "--out", str(again)])
+    assert done.exit_code == 0, done.output
+    assert episodes(again.with_suffix(".jsonl")) == episodes(out / "eval_trained.jsonl")
+    assert json.loads(again.read_text())["adapter"] == str(out / "checkpoint")
