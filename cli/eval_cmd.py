@@ -74,6 +74,8 @@ def eval_(
             name = spec.adapter or spec.model  # the name the run gave the model it evaluated
             env_label = env_id
         else:
+            if ctx.get_parameter_source("which").name != "DEFAULT":
+                raise ValueError("--which picks a model of a run: give --run RUN_DIR too")
             env_id = resolve_env_id(env)
             kwargs = env_kwargs(max_turns=max_turns, source=source, data=data, split=split, extra=env_arg)
             cfg = EvalConfig(num_problems=num_problems, max_new_tokens=max_new_tokens, seed=seed)

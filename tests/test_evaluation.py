@@ -277,6 +277,8 @@ def test_eval_run_refuses_what_is_not_a_run_directory(tmp_path: Path) -> None:
     assert broken.exit_code == 2 and "not a `drift run` configuration" in broken.output
     with pytest.raises(ValueError, match="'base' or 'trained'"):
         run_evaluation(tmp_path, "best")
+    alone = runner.invoke(app, ["eval", "--which", "base"])
+    assert alone.exit_code == 2 and "give --run RUN_DIR too" in alone.output
 
 
 def test_eval_defaults_match_the_default_preset() -> None:
