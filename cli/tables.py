@@ -15,12 +15,19 @@ def pct(value: float) -> str:
 
 
 def turn_table(metrics: MultiTurnMetrics, title: str) -> Table:
+    """One row per turn; the flip columns only where some episode continued after a success (metrics.py)."""
+    flips = metrics.wrong_to_right is not None and metrics.right_to_wrong is not None
     table = Table(title=title)
-    for column in ("turn", "running", "accuracy", "multi@k", "correction", "wrong→right"):
+    columns = ["turn", "running", "accuracy", "multi@k", "correction"]
+    columns += ["wrong→right", "right→wrong"] if flips else []
+    for column in columns:
         table.add_column(column, justify="right")
     for t in range(metrics.max_turns):
-        table.add_row(str(t + 1), str(metrics.running[t]), pct(metrics.accuracy[t]), pct(metrics.multi[t]),
-                      pct(metrics.correction[t]), pct(metrics.wrong_to_right[t]))
+        row = [str(t + 1), str(metrics.running[t]), pct(metrics.accuracy[t]), pct(metrics.multi[t]),
+               pct(metrics.correction[t])]
+        if flips:
+            row += [pct(metrics.wrong_to_right[t]), pct(metrics.right_to_wrong[t])]
+        table.add_row(*row)
     return table
 
 

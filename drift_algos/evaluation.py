@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gymnasium as gym
 
 from drift_algos.agent import ProgressFn, RolloutAgent, RolloutConfig
 from drift_algos.engines.base import Engine
-from drift_algos.metrics import MultiTurnMetrics, accuracy_at_turn, bootstrap, compute_metrics, multi_at
+from drift_algos.metrics import MultiTurnMetrics, Outcome, accuracy_interval, bootstrap, compute_metrics, multi_at
 from drift_algos.records import Trajectory, TrajectoryWriter
 
 
@@ -17,8 +19,8 @@ from drift_algos.records import Trajectory, TrajectoryWriter
 class EvalConfig:
     """How to evaluate."""
 
-    num_problems: int = 256
-    """Held-out problems (the first ones of the split, so runs compare on the same set)."""
+    num_problems: int = 200
+    """Held-out problems (the first ones of the split, so runs compare on the same set); the default preset's."""
     max_new_tokens: int | None = None
     """Token limit per reply; ``None``: the environment's suggestion."""
     bootstrap_samples: int = 1000
@@ -44,7 +46,7 @@ class EvalResult:
     multi_ci: list[Interval]
     """95% bootstrap interval of multi@k, k = 1..T."""
     accuracy_ci: list[Interval]
-    """95% bootstrap interval of accuracy at turn t."""
+    """95% Wilson interval of accuracy at turn t (correct out of the episodes still running; NaN where none ran)."""
     problem_ids: list[str]
     """Problems in evaluation order (pairs two results)."""
     outcomes: list[list[bool]]
@@ -57,12 +59,14 @@ class EvalResult:
     """Scalars worth keeping (tokens/s, ...)."""
 
     def to_dict(self) -> dict[str, object]:
+        """The JSON form; the flip rates only where some episode continued after a success (metrics.py)."""
         m = self.metrics
+        flips = {} if m.wrong_to_right is None else {"wrong_to_right": m.wrong_to_right,
+                                                     "right_to_wrong": m.right_to_wrong}
         return {
             "episodes": m.episodes, "max_turns": m.max_turns, "overall": m.overall,
             "accuracy_per_turn": m.accuracy, "accuracy_ci": self.accuracy_ci, "running_per_turn": m.running,
-            "multi_at_k": m.multi, "multi_ci": self.multi_ci, "correction_rate": m.correction,
-            "wrong_to_right": m.wrong_to_right, "right_to_wrong": m.right_to_wrong,
+            "multi_at_k": m.multi, "multi_ci": self.multi_ci, "correction_rate": m.correction, **flips,
             "generated_tokens": self.generated_tokens, "elapsed_s": self.elapsed_s, **self.extra,
         }
 
@@ -74,8 +78,9 @@ def result_from_trajectories(trajectories: list[Trajectory], max_turns: int, *, 
     outcomes = [t.outcome for t in ordered]
     multi_ci = [bootstrap(outcomes, lambda o, k=k: multi_at(o, k), samples=samples, seed=seed)
                 for k in range(1, max_turns + 1)]
-    accuracy_ci = [bootstrap(outcomes, lambda o, t=t: accuracy_at_turn(o, t), samples=samples, seed=seed)
-                   for t in range(1, max_turns + 1)]
+    # Accuracy at a late turn is a ratio over the few episodes still running, which a resample can
+    # leave empty: its interval is the count-based (Wilson) one, not a bootstrap conditioned on it.
+    accuracy_ci = [accuracy_interval(outcomes, t) for t in range(1, max_turns + 1)]
     return EvalResult(compute_metrics(outcomes, max_turns), multi_ci, accuracy_ci,
                       [t.prompt_id for t in ordered], outcomes)
 
@@ -106,12 +111,67 @@ def evaluate(
 
 def paired_difference(base: EvalResult, trained: EvalResult, k: int, *, samples: int = 1000,
                       seed: int = 0) -> tuple[float, Interval]:
-    """multi@k(trained) - multi@k(base) on the same problems, with a paired bootstrap 95% interval."""
+    """multi@k(trained) - multi@k(base) on the same problems, with a paired bootstrap 95% interval.
+
+    Any two evaluations of the same problems pair up (a trained model and its base, or two
+    algorithms' models): the bootstrap resamples problems, keeping each problem's two outcomes together.
+    """
     if base.problem_ids != trained.problem_ids:
         raise ValueError("the two evaluations ran on different problems")
-    pairs = list(zip(base.outcomes, trained.outcomes, strict=True))
+    return paired_multi_difference(base.outcomes, trained.outcomes, k, samples=samples, seed=seed)
+
+
+def paired_multi_difference(first: Sequence[Outcome], second: Sequence[Outcome], k: int, *, samples: int = 1000,
+                            seed: int = 0) -> tuple[float, Interval]:
+    """multi@k(second) - multi@k(first), outcomes paired by position, with a paired bootstrap 95% interval."""
+    pairs = list(zip(first, second, strict=True))
 
     def diff(sample) -> float:
         return multi_at([b for _, b in sample], k) - multi_at([a for a, _ in sample], k)
 
     return diff(pairs), bootstrap(pairs, diff, samples=samples, seed=seed)
+
+
+@dataclass
+class RunEvaluation:
+    """How a `drift run` directory evaluated one of its models, read back from its config.json."""
+
+    env_id: str
+    """Gymnasium id of the run's environment."""
+    env_args: dict[str, object]
+    """Environment arguments of the held-out split (the run's, with ``split="test"``)."""
+    eval: EvalConfig
+    """The run's evaluation settings (problems, reply length, seed, bootstrap resamples)."""
+    model: str
+    """Model to load: the run's reference model, or its full fine-tuned checkpoint."""
+    adapter: str | None
+    """LoRA adapter to load on top of ``model`` (a LoRA run's checkpoint), or ``None``."""
+    episodes_file: Path
+    """The run's episodes of that evaluation (eval_base.jsonl or eval_trained.jsonl)."""
+
+
+def run_evaluation(run_dir: Path, which: str = "trained") -> RunEvaluation:
+    """The settings that reproduce a run directory's ``which`` ("base" or "trained") evaluation."""
+    if which not in ("base", "trained"):
+        raise ValueError(f"which must be 'base' or 'trained', got '{which}'")
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (is {run_dir} a `drift run` directory?)")
+    try:
+        config = json.loads(path.read_text())
+        preset_eval = config["preset"]["eval"]
+        env_id, env_args, model = config["env_id"], dict(config["env_args"]), config["model"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a `drift run` configuration ({type(exc).__name__}: {exc})") from None
+    fields = {name: preset_eval[name] for name in EvalConfig.__dataclass_fields__ if name in preset_eval}
+    checkpoint = Path(run_dir) / "checkpoint"
+    adapter = None
+    if which == "trained":
+        if not checkpoint.is_dir():
+            raise FileNotFoundError(f"{checkpoint}: not found (the run did not finish training)")
+        if (checkpoint / "adapter_config.json").is_file():
+            adapter = str(checkpoint)
+        else:
+            model = str(checkpoint)
+    return RunEvaluation(env_id, {**env_args, "split": "test"}, EvalConfig(**fields), model, adapter,
+                         Path(run_dir) / f"eval_{which}.jsonl")

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from drift_algos.agent import RolloutAgent, RolloutConfig
 from drift_algos.algorithms import ALGORITHMS
+from drift_algos.metrics import compute_metrics
 from drift_algos.records import TrajectoryWriter, read_trajectories
 from drift_cli.main import app
 from drift_envs import EpisodeStats, TextEnv
@@ -230,3 +231,68 @@ def test_cli_run_every_env_with_every_algorithm(env_id: str, algo: str, tiny_mod
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["algo"] == algo and metrics["base"]["episodes"] == metrics["trained"]["episodes"] == 2
     assert (out / "checkpoint" / "config.json").is_file() and (out / "multi_at_k.png").is_file()
+    check_run_directory(out, metrics, env_id, rolled_out=trajectories is None)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def check_run_directory(out: Path, metrics: dict, env_id: str, *, rolled_out: bool) -> None:
+    """What a smoke `drift run` wrote agrees with itself: metrics.json against the JSONL files it came from."""
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["env_id"] == env_id and config["preset"]["name"] == "smoke"
+    max_turns = config["preset"]["max_turns"]
+
+    # Rollouts: 2 prompts x 2 samples (or the one given trajectory); weighing keeps every row, in order.
+    trajectories = read_trajectories(out / "trajectories.jsonl")
+    assert len(trajectories) == (4 if rolled_out else 1)
+    if rolled_out:
+        assert metrics["rollout"]["episodes"] == 4 and len({t.prompt_id for t in trajectories}) == 2
+        assert metrics["rollout"]["success_within_T"] == sum(t.success for t in trajectories) / 4
+    else:
+        assert metrics["rollout"] is None
+    weighted = _jsonl(out / "weighted.jsonl")
+    assert [row["prompt_id"] for row in weighted] == [t.prompt_id for t in trajectories]
+    assert metrics["weights"]["num_trajectories"] == len(weighted)
+    groups: dict[str, list[float]] = {}
+    for row in weighted:
+        assert math.isfinite(row["return"]) and row["weight"] >= 0
+        groups.setdefault(row["prompt_id"], []).append(row["weight"])
+    for weights in groups.values():  # self-normalised within the prompt group: mean 1
+        assert sum(weights) == pytest.approx(len(weights))
+
+    # Training: the algorithm's samples plus what it left out are the trajectories; one optimiser step per
+    # batch of 4 (the smoke preset, one epoch), each logged.
+    train = metrics["train"]
+    assert train["samples"] + train["skipped_trajectories"] == len(trajectories) and train["samples"] >= 1
+    assert train["steps"] == math.ceil(train["samples"] / config["preset"]["train"]["batch_size"])
+    assert len(_jsonl(out / "train_log.jsonl")) == train["steps"]
+    assert train["tokens"] >= train["target_tokens"] > 0 and math.isfinite(train["final_loss"])
+
+    # Evaluation: the numbers in metrics.json are those of the episodes in eval_*.jsonl.
+    for which in ("base", "trained"):
+        episodes = sorted(read_trajectories(out / f"eval_{which}.jsonl"), key=lambda t: t.prompt_id)
+        evaluation = metrics[which]
+        assert len(episodes) == evaluation["episodes"] == 2 and evaluation["max_turns"] == max_turns
+        assert all(1 <= e.num_turns <= max_turns for e in episodes)
+        expected = compute_metrics([e.outcome for e in episodes], max_turns)
+        assert evaluation["running_per_turn"] == expected.running
+        assert evaluation["multi_at_k"] == pytest.approx(expected.multi)
+        assert evaluation["overall"] == pytest.approx(expected.overall)
+        assert all(a == pytest.approx(b) or (a is None and math.isnan(b))  # NaN is written as null
+                   for a, b in zip(evaluation["accuracy_per_turn"], expected.accuracy, strict=True))
+        multi = evaluation["multi_at_k"]
+        assert all(a <= b for a, b in zip(multi, multi[1:], strict=False))  # multi@k never falls with k
+        for value, (low, high) in zip(multi, evaluation["multi_ci"], strict=True):
+            assert low <= value <= high
+        # Every built-in environment ends an episode on success: no flip rates.
+        assert "wrong_to_right" not in evaluation and "right_to_wrong" not in evaluation
+    # Both models saw the same problems, so the paired difference is the difference of the two multi@k.
+    ids = {which: sorted(e.prompt_id for e in read_trajectories(out / f"eval_{which}.jsonl"))
+           for which in ("base", "trained")}
+    assert ids["base"] == ids["trained"]
+    for k in range(1, max_turns + 1):
+        difference = metrics["paired_difference"][f"multi@{k}"]["difference"]
+        base, trained = metrics["base"]["multi_at_k"][k - 1], metrics["trained"]["multi_at_k"][k - 1]
+        assert difference == pytest.approx(trained - base)

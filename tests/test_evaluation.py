@@ -9,15 +9,19 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import torch
+import typer
+from typer.testing import CliRunner
 
 from drift_algos.agent import RolloutConfig
 from drift_algos.algorithms import DriftConfig
 from drift_algos.engines.transformers_engine import TransformersEngine
-from drift_algos.evaluation import EvalConfig, evaluate, paired_difference
+from drift_algos.evaluation import EvalConfig, evaluate, paired_difference, paired_multi_difference, run_evaluation
+from drift_algos.metrics import rate_interval
 from drift_algos.pipeline import RunConfig, env_factory, run
 from drift_algos.presets import PRESETS, Preset, get_preset
 from drift_algos.records import Trajectory, read_trajectories, write_trajectories
 from drift_algos.training import TrainConfig
+from drift_cli.main import app
 from drift_envs import Problem, resolve_env_id
 
 PROBLEMS = [Problem("p-c", "What is 5 + 5?", "10"), Problem("p-a", "What is 1 + 1?", "2"),
@@ -72,11 +76,17 @@ def test_evaluate_with_a_scripted_engine(scripted_engine, tmp_path: Path) -> Non
     records = read_trajectories(tmp_path / "eval.jsonl")
     assert len(records) == 3 and {r.model for r in records} == {"script"}
 
+    # Accuracy at turn 3 is 0 of the 1 episode still running: the count-based interval, not a bootstrap's [0, 0].
+    assert result.accuracy_ci[2] == rate_interval(0, 1) and result.accuracy_ci[2][1] > 0.75
+    assert result.accuracy_ci[1] == rate_interval(1, 2)
+
     d = result.to_dict()
     assert d["episodes"] == 3 and d["overall"] == pytest.approx(2 / 3)
     assert d["multi_at_k"] == m.multi and d["accuracy_per_turn"] == m.accuracy
-    assert {"multi_ci", "accuracy_ci", "correction_rate", "wrong_to_right", "right_to_wrong", "running_per_turn",
-            "generated_tokens", "elapsed_s", "tokens_per_s"} <= set(d)
+    assert {"multi_ci", "accuracy_ci", "correction_rate", "running_per_turn", "generated_tokens", "elapsed_s",
+            "tokens_per_s"} <= set(d)
+    # The math environment ends an episode on success: no flip rates (they would only repeat accuracy).
+    assert m.wrong_to_right is None and not {"wrong_to_right", "right_to_wrong"} & set(d)
 
 
 def test_evaluate_takes_the_first_problems(scripted_engine) -> None:
@@ -128,6 +138,18 @@ def test_presets() -> None:
     assert (paper.drift.gamma, paper.drift.beta) == (0.9, 0.1)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         get_preset("huge")
+
+
+def test_preset_descriptions_are_the_one_source_of_run_times() -> None:
+    """`drift run --help` and the README's preset table say what each preset's description says."""
+    params = {p.name: p.help for p in typer.main.get_command(app).commands["run"].params}
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[5].strip() for line in readme.splitlines()
+            if line.startswith("| `") and line.count("|") == 6}
+    for name in PRESETS:
+        description = get_preset(name).description
+        assert f"{name}: {description}" in params["preset"]
+        assert rows[name] == description
 
 
 # -- the pipeline on the tiny model --------------------------------------------------------------------------
@@ -222,8 +244,63 @@ def test_pipeline_run_writes_the_run_directory_and_a_reproducible_checkpoint(sha
         evaluate(engine, test_env, preset.eval, writer=writer)
     assert episodes(tmp_path / "again.jsonl") == episodes(out / "eval_trained.jsonl")
 
+    # One documented command repeats the run's evaluations exactly: `drift eval --run RUN`.
+    runner = CliRunner()
+    for which in ("trained", "base"):
+        again_json = tmp_path / f"again_{which}.json"
+        done = runner.invoke(app, ["eval", "--run", str(out), "--which", which, "--out", str(again_json)])
+        assert done.exit_code == 0, done.output
+        assert episodes(again_json.with_suffix(".jsonl")) == episodes(out / f"eval_{which}.jsonl")
+        assert ({r.model for r in read_trajectories(again_json.with_suffix(".jsonl"))}
+                == {r.model for r in read_trajectories(out / f"eval_{which}.jsonl")})
+        timings = ("elapsed_s", "tokens_per_s")
+        written = {k: v for k, v in json.loads(again_json.read_text()).items() if k not in timings}
+        recorded = {k: v for k, v in metrics[which].items() if k not in timings}
+        assert json.dumps({k: written[k] for k in recorded}) == json.dumps(recorded)
+    spec = run_evaluation(out)
+    assert spec.eval == preset.eval and spec.env_args == {**config["env_args"], "split": "test"}
+    assert spec.model == str(out / "checkpoint") and spec.adapter is None
+    assert run_evaluation(out, "base").model == str(sharp_model_dir)
+    clash = runner.invoke(app, ["eval", "--run", str(out), "--seed", "1", "--num-problems", "3"])
+    assert clash.exit_code == 2 and "--num-problems, --seed" in clash.output and "Traceback" not in clash.output
+
     with pytest.raises(FileExistsError, match="already holds a finished run"):
         run(RunConfig(env="math", model=str(sharp_model_dir), algo="drift", preset=preset, out_dir=out))
+
+
+def test_eval_run_refuses_what_is_not_a_run_directory(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["eval", "--run", str(tmp_path)])
+    assert missing.exit_code == 2 and "config.json: not found" in missing.output
+    (tmp_path / "config.json").write_text('{"env": "math"}')
+    broken = runner.invoke(app, ["eval", "--run", str(tmp_path)])
+    assert broken.exit_code == 2 and "not a `drift run` configuration" in broken.output
+    with pytest.raises(ValueError, match="'base' or 'trained'"):
+        run_evaluation(tmp_path, "best")
+    alone = runner.invoke(app, ["eval", "--which", "base"])
+    assert alone.exit_code == 2 and "give --run RUN_DIR too" in alone.output
+
+
+def test_eval_defaults_match_the_default_preset() -> None:
+    # `drift eval` with no flags evaluates what `drift run` (default preset, seed 0) evaluates.
+    default = get_preset("default")
+    assert EvalConfig().num_problems == default.eval.num_problems and EvalConfig().seed == 0
+    params = {p.name: p.default for p in typer.main.get_command(app).commands["eval"].params}
+    assert (params["num_problems"], params["max_turns"], params["seed"]) == (
+        default.eval.num_problems, default.max_turns, 0)
+
+
+def test_paired_multi_difference_by_hand() -> None:
+    # Three problems: the first evaluation solves problem 1 at turn 1; the second solves 1 and 2 at turn 2.
+    first = [[True], [False, False], [False, False]]
+    second = [[False, True], [False, True], [False, False]]
+    assert paired_multi_difference(first, second, 1, samples=50)[0] == pytest.approx(-1 / 3)
+    # multi@2 gains per problem are 0, 1, 0: a resample of three has 0, 1, 2 or 3 gains with probabilities
+    # 8/27, 12/27, 6/27, 1/27, so the 2.5th percentile is 0 and the 97.5th is 1 (P(at most 2) = 26/27 < 0.975).
+    diff, ci = paired_multi_difference(first, second, 2, samples=4000)
+    assert diff == pytest.approx(1 / 3) and ci == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        paired_multi_difference(first, second[:2], 1)
 
 
 def test_pipeline_from_a_trajectory_file(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -264,3 +341,19 @@ def test_run_config_validation(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="trajectories file not found"):
         RunConfig(env="math", model="m", algo="drift", preset=tiny_preset(), out_dir=tmp_path,
                   trajectories=tmp_path / "missing.jsonl")
+
+
+def test_eval_run_reloads_a_lora_checkpoint_on_its_base_model(sharp_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    preset = tiny_preset()
+    preset.train = TrainConfig(learning_rate=1e-2, epochs=1, batch_size=4, warmup_ratio=0.0, lora=True)
+    run(RunConfig(env="math", model=str(sharp_model_dir), algo="drift", preset=preset, out_dir=out))
+    spec = run_evaluation(out)
+    assert (spec.model, spec.adapter) == (str(sharp_model_dir), str(out / "checkpoint"))
+    # The adapter changed the replies, so reproducing them needs it loaded.
+    assert episodes(out / "eval_trained.jsonl") != episodes(out / "eval_base.jsonl")
+    again = tmp_path / "again.json"
+    done = CliRunner().invoke(app, ["eval", "--run", str(out), "--out", str(again)])
+    assert done.exit_code == 0, done.output
+    assert episodes(again.with_suffix(".jsonl")) == episodes(out / "eval_trained.jsonl")
+    assert json.loads(again.read_text())["adapter"] == str(out / "checkpoint")
