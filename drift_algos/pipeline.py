@@ -153,7 +153,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
                          "(no successful trajectory?); sample more prompts or raise the temperature")
     trainer = Trainer(model, tokenizer, preset.train)
     train_result = trainer.fit(
-        sample_set.samples, loss_fn=algorithm.loss, log_path=out / "train_log.jsonl",
+        sample_set.samples, objective=algorithm.objective(preset.train), log_path=out / "train_log.jsonl",
         progress=reporter.progress("train"),
     )
     reporter.done("train")

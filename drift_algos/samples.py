@@ -47,6 +47,12 @@ class TokenizedSample:
     """True where the token is a target (its NLL counts)."""
     weight: float
     """Per-sample loss weight."""
+    advantages: list[float] | None = None
+    """Per-token coefficient (online algorithms), aligned with ``input_ids``."""
+    old_logprobs: list[float] | None = None
+    """Sampling policy's log-prob of each token (0 at position 0), aligned with ``input_ids``."""
+    ref_logprobs: list[float] | None = None
+    """Reference policy's log-prob of each token, aligned with ``input_ids``."""
 
     def __len__(self) -> int:
         return len(self.input_ids)

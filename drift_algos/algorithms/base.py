@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
-from drift_algos.losses import weighted_nll_loss
+from drift_algos.objectives import Objective
 from drift_algos.records import Trajectory
 from drift_algos.samples import Sample
+from drift_algos.training import TrainConfig, default_objective
 
 
 @dataclass
@@ -31,20 +30,20 @@ class SampleSet:
 class OfflineAlgorithm(ABC):
     """An algorithm trained once on a fixed set of trajectories (DRIFT, SFT, ...).
 
-    Subclasses set :attr:`name` and implement :meth:`samples`; :meth:`loss` is the
-    weighted NLL unless overridden.
+    Subclasses set :attr:`name` and implement :meth:`samples`; the objective is the
+    weighted NLL of the training config unless overridden.
     """
 
     name: ClassVar[str]
-    normalise_weights: bool = False
 
     @abstractmethod
     def samples(self, trajectories: Sequence[Trajectory]) -> SampleSet:
         """The training samples for ``trajectories``."""
 
-    def loss(self, nll: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Batch loss from per-sample NLL (B,) and weights (B,)."""
-        return weighted_nll_loss(nll, weights, normalise=self.normalise_weights)
+    def objective(self, train: TrainConfig) -> Objective:
+        """The loss the trainer minimises: per-sample weighted NLL (``train.normalise_weights``,
+        ``train.sequence_loss``)."""
+        return default_objective(train)
 
 
 def last_turn_sample(trajectory: Trajectory, weight: float) -> Sample:
