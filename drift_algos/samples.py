@@ -99,3 +99,19 @@ def tokenize_sample(
         cut = len(ids) - budget
         ids, mask = ids[cut:], mask[cut:]
     return TokenizedSample(ids, mask, float(sample.weight))
+
+
+def turn_samples(trajectory, *, weight: float = 1.0) -> list[TokenizedSample]:
+    """One sample per assistant turn from the ids the engine recorded (``turn_prompt_ids`` and
+    ``turn_completion_ids``): the prompt exactly as the engine saw it, masked, then exactly the generated ids.
+
+    Environment-written text (feedback) only ever appears inside a later turn's prompt, so it is always masked.
+    Each turn is its own sequence because the engine re-encoded the whole conversation for every turn: gluing
+    turns together would pair a turn's tokens with a context the model never saw.
+    """
+    prompts, completions = trajectory.turn_prompt_ids, trajectory.turn_completion_ids
+    if not completions or len(prompts) != len(completions):
+        raise ValueError(f"trajectory {trajectory.prompt_id!r} has no recorded token ids (rollouts need "
+                         "RolloutConfig(record_token_ids=True))")
+    return [TokenizedSample(list(p) + list(c), [False] * len(p) + [True] * len(c), weight)
+            for p, c in zip(prompts, completions, strict=True)]
