@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 from drift_algos.agent import RolloutConfig
 from drift_algos.algorithms.drift import DriftConfig
+from drift_algos.algorithms.grpo import GRPOConfig
 from drift_algos.evaluation import EvalConfig
+from drift_algos.online import OnlineConfig
 from drift_algos.training import TrainConfig
 
 
@@ -34,6 +36,11 @@ class Preset:
     """Held-out evaluation."""
     env_args: dict[str, object] = field(default_factory=dict)
     """Environment settings the preset relies on (applied when the environment accepts them)."""
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    """Online algorithms' loop (iterations, prompts and group size per iteration); sampling settings come from
+    ``rollout``, optimisation from ``train`` (epochs per iteration, mini-batch size)."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """GRPO's settings."""
 
 
 def smoke() -> Preset:
@@ -44,6 +51,8 @@ def smoke() -> Preset:
         drift=DriftConfig(),
         train=TrainConfig(learning_rate=1e-5, epochs=1, batch_size=4),
         eval=EvalConfig(num_problems=16, bootstrap_samples=200),
+        online=OnlineConfig(iterations=2, prompts_per_iteration=4, group_size=2),
+        grpo=GRPOConfig(kl_coef=0.04),
     )
 
 
@@ -55,6 +64,10 @@ def default() -> Preset:
         drift=DriftConfig(gamma=0.9, beta=0.1, min_weight=0.01, drop_unsolved_groups=True),
         train=TrainConfig(learning_rate=1e-5, epochs=2, batch_size=8),
         eval=EvalConfig(num_problems=200),
+        # Online: 16 iterations of 16 prompts x 8 = 2,048 trajectories, 4x DRIFT's one rollout of 512 (not yet
+        # timed on this machine).
+        online=OnlineConfig(iterations=16, prompts_per_iteration=16, group_size=8),
+        grpo=GRPOConfig(kl_coef=0.04),
     )
 
 

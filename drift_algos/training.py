@@ -272,6 +272,7 @@ class Trainer:
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
+        self.model.train()  # a second fit (online iterations) starts from the eval mode the first left
         model, optimizer, scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
         device = self.accelerator.device
         log = log_path.open("a", encoding="utf-8") if log_path is not None else None

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from drift_algos.algorithms import ALGORITHMS, SFT, Drift, DriftConfig, OfflineAlgorithm, RejectionSFT
+from drift_algos.algorithms import (
+    ALGORITHMS,
+    SFT,
+    Drift,
+    DriftConfig,
+    OfflineAlgorithm,
+    OnlineAlgorithm,
+    RejectionSFT,
+)
 from drift_algos.pipeline import make_algorithm
 from drift_algos.presets import smoke
 from drift_algos.records import Trajectory
@@ -142,12 +150,12 @@ def test_rft_keeps_only_successes(trajectories: list[Trajectory]) -> None:
 
 
 def test_registry_names() -> None:
-    assert set(ALGORITHMS) == {"drift", "sft", "rft"}
+    assert set(ALGORITHMS) == {"drift", "sft", "rft", "grpo"}
     for name, cls in ALGORITHMS.items():
-        assert cls.name == name and issubclass(cls, OfflineAlgorithm)
+        assert cls.name == name and issubclass(cls, OfflineAlgorithm if name != "grpo" else OnlineAlgorithm)
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", sorted(n for n, cls in ALGORITHMS.items() if issubclass(cls, OfflineAlgorithm)))
 def test_every_algorithm_yields_samples_and_a_finite_loss(name: str, trajectories: list[Trajectory],
                                                           tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM

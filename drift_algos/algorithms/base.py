@@ -1,4 +1,8 @@
-"""What an offline algorithm is: how trajectories become weighted samples, and its loss."""
+"""What an algorithm is: how trajectories become samples (and coefficients), and its loss.
+
+Offline algorithms (DRIFT, SFT, RFT) train once on a fixed file; online ones (GRPO, PPO) are run by the loop
+of :mod:`drift_algos.online`, which samples with the current policy and hands them each iteration's trajectories.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import ClassVar
 
 from drift_algos.objectives import Objective
 from drift_algos.records import Trajectory
-from drift_algos.samples import Sample
+from drift_algos.samples import Sample, TokenizedSample
 from drift_algos.training import TrainConfig, default_objective
 
 
@@ -48,3 +52,34 @@ class OfflineAlgorithm(ABC):
 
 def last_turn_sample(trajectory: Trajectory, weight: float) -> Sample:
     return Sample(messages=trajectory.messages, weight=weight, prompt_id=trajectory.prompt_id)
+
+
+@dataclass
+class OnlineBatch:
+    """One iteration's training data."""
+
+    samples: list[TokenizedSample]
+    """Token-faithful samples with per-token advantages (the loop adds the old and reference log-probs)."""
+    returns: list[float]
+    """Each trajectory's return (for the metrics log)."""
+    info: dict[str, float]
+    """Counts to report (e.g. groups whose returns were all equal)."""
+
+
+class OnlineAlgorithm(ABC):
+    """An algorithm that samples with its current policy (GRPO, PPO); subclasses set :attr:`name`."""
+
+    name: ClassVar[str]
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loop must keep the reference policy's log-probs (a KL term)."""
+        return False
+
+    @abstractmethod
+    def batch(self, trajectories: Sequence[Trajectory]) -> OnlineBatch:
+        """Samples and coefficients for one iteration's trajectories (sampled with ``record_token_ids``)."""
+
+    @abstractmethod
+    def objective(self) -> Objective:
+        """The loss the trainer minimises."""
