@@ -18,7 +18,7 @@ from drift_cli.tables import pct
 MIN_WEIGHT_HELP = "DRIFT: skip trajectories whose weight is below this (default: the preset's)."
 UNSOLVED_HELP = "DRIFT: leave out groups without any success (default: the preset's)."
 ALGO_HELP = ("Algorithm: drift (importance-weighted SFT), sft (every trajectory), rft (successful ones only), "
-             "grpo (online: samples with its current policy each iteration).")
+             "grpo, ppo (online: sample with the current policy each iteration).")
 
 
 class RichReporter:
@@ -69,7 +69,8 @@ def comparison_table(base, trained, deltas: dict, title: str) -> Table:
 def online_table(online) -> Table:
     """One row per iteration of an online run."""
     table = Table(title="online iterations")
-    columns = ("iteration", "reward", "success", "kl", "clip_fraction", "entropy", "flat_groups", "tokens_per_s")
+    columns = ("iteration", "reward", "success", "kl", "clip_fraction", "entropy", "value_loss", "flat_groups",
+               "tokens_per_s")
     for name in columns:
         table.add_column(name.replace("_", " "), justify="right")
     for entry in online.iterations:
@@ -104,7 +105,7 @@ def run(
 ) -> None:
     """Collect rollouts from the reference model, weigh them, train, and evaluate base vs trained.
 
-    Online algorithms (grpo) instead sample with their current policy every iteration
+    Online algorithms (grpo, ppo) instead sample with their current policy every iteration
     (--num-prompts groups of --n per iteration) and log online_log.jsonl and online_curve.png.
 
     Writes a run directory (config.json, trajectories.jsonl, weighted.jsonl, checkpoint/,

@@ -59,7 +59,7 @@ def train(
     """Train a model on trajectories with an algorithm; writes a Hugging Face / PEFT checkpoint."""
     setup_logging(verbose)
     with user_errors():
-        from drift_algos.algorithms import Drift
+        from drift_algos.algorithms import Drift, OnlineAlgorithm
         from drift_algos.models import load_model, load_tokenizer
         from drift_algos.pipeline import make_algorithm
         from drift_algos.presets import get_preset
@@ -75,6 +75,9 @@ def train(
         drift_flags = dict(beta=beta, gamma=gamma, min_weight=min_weight, drop_unsolved_groups=drop_unsolved)
         p.drift = dataclasses.replace(p.drift, **{k: v for k, v in drift_flags.items() if v is not None})
         algorithm = make_algorithm(algo, p)
+        if isinstance(algorithm, OnlineAlgorithm):
+            raise ValueError(f"{algo} samples with its own policy and cannot train on a file; "
+                             f"use: drift run --algo {algo}")
         records = read_trajectories(trajectories)
         weights = file_weights(trajectories) if isinstance(algorithm, Drift) else None
         if weights is not None:

@@ -17,13 +17,27 @@ from dataclasses import dataclass
 
 import torch
 
-from drift_algos.losses import SequenceLoss, clipped_policy_terms, k3_kl, per_sample_nll
+from drift_algos.losses import SequenceLoss, clipped_policy_terms, clipped_value_terms, k3_kl, per_sample_nll
 
 Batch = dict[str, torch.Tensor]
 
 
 class Objective(ABC):
-    """A loss over token batches, split so that accumulation over micro-batches is exact."""
+    """A loss over token batches, split so that accumulation over micro-batches is exact.
+
+    An objective with its own trainable parameters (PPO's value head) lists them in :meth:`parameters` and sets
+    :attr:`needs_hidden`: the trainer then adds ``batch["hidden"]``, the last hidden states (B, T, H).
+    """
+
+    needs_hidden: bool = False
+    """Whether :meth:`numerator` reads ``batch["hidden"]``."""
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters besides the policy's that the optimiser must update."""
+        return []
+
+    def to(self, device: torch.device) -> None:  # noqa: B027 - most objectives hold no tensors
+        """Move the objective's own parameters to ``device``."""
 
     @abstractmethod
     def denominator(self, batch: Batch) -> torch.Tensor:
@@ -85,3 +99,53 @@ class ClippedPolicyGradient(Objective):
             terms = terms + self.kl_coef * kl
             metrics["kl"] = float((kl.detach() * mask).sum())
         return (terms * mask).sum(), metrics
+
+
+class ValueHead(torch.nn.Module):
+    """A linear value estimate on the policy's last hidden state: V(state before token t+1) at position t."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.linear.weight)  # start at V = 0: no spurious advantages in the first iteration
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.float()).squeeze(-1)  # (B, T, H) -> (B, T)
+
+
+@dataclass
+class PPOObjective(ClippedPolicyGradient):
+    """PPO: the clipped policy surrogate with GAE advantages, ``kl_coef * k3`` to the reference, and
+    ``value_coef`` times the clipped value loss of a value head on the policy; token mean over the step.
+
+    Batch needs ``advantages``, ``old_logprobs``, ``old_values`` and ``returns`` (and ``ref_logprobs`` with a KL).
+    """
+
+    head: ValueHead | None = None
+    """The value head (trained with the policy)."""
+    value_coef: float = 0.5
+    """Weight of the value loss."""
+    value_clip: float = 0.2
+    """Clip range of the new value around the old one."""
+
+    needs_hidden = True
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.head.parameters())
+
+    def to(self, device: torch.device) -> None:
+        self.head.to(device)
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Values aligned with the log-probs: hidden (B, T, H) -> (B, T-1)."""
+        return self.head(hidden[:, :-1])
+
+    def numerator(self, logprobs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        policy, metrics = super().numerator(logprobs, batch)
+        mask = batch["loss_mask"][:, 1:].float()  # (B, T-1)
+        value_terms = clipped_value_terms(self.values(batch["hidden"]), batch["old_values"][:, 1:],
+                                          batch["returns"][:, 1:], self.value_clip)  # (B, T-1)
+        value_loss = (value_terms * mask).sum()
+        metrics["value_loss"] = float(value_loss.detach())
+        return policy + self.value_coef * value_loss, metrics

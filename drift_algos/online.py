@@ -68,13 +68,15 @@ class OnlineResult:
 def iteration_metrics(returns: list[float], successes: list[bool], history: list[dict[str, float]],
                       target_tokens: int) -> dict[str, float]:
     """Mean reward and success; KL, clip fraction and entropy per trained token (summed over the fit's steps)."""
-    sums = {key: sum(h.get(key, 0.0) for h in history) for key in ("clipped_tokens", "kl", "entropy_proxy")}
+    sums = {key: sum(h.get(key, 0.0) for h in history)
+            for key in ("clipped_tokens", "kl", "entropy_proxy", "value_loss")}
     per_token = max(1, target_tokens)
     return {
         "reward": sum(returns) / len(returns), "success": sum(successes) / len(successes),
         "clip_fraction": sums["clipped_tokens"] / per_token, "kl": sums["kl"] / per_token,
         # Mean -log pi of the sampled tokens: an unbiased estimate of the policy's entropy at temperature 1.
         "entropy": sums["entropy_proxy"] / per_token,
+        "value_loss": sums["value_loss"] / per_token,
         "loss": sum(h["loss"] for h in history) / max(1, len(history)),
     }
 
@@ -97,7 +99,6 @@ def train_online(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = copy.deepcopy(trainer.model).eval() if algorithm.needs_reference else None
-    objective = algorithm.objective()
     result = OnlineResult()
     start = time.perf_counter()
     with (out_dir / "online_log.jsonl").open("a", encoding="utf-8") as log:
@@ -119,7 +120,8 @@ def train_online(
                 if reference is not None:
                     for sample, logp in zip(batch.samples, trainer.logprobs(batch.samples, reference), strict=True):
                         sample.ref_logprobs = logp
-                fit = trainer.fit(batch.samples, objective=objective)
+                algorithm.complete(batch, trainer)
+                fit = trainer.fit(batch.samples, objective=algorithm.objective())
                 history, target_tokens, trained_tokens = fit.history, fit.target_tokens, fit.tokens
                 engine.update_weights(trainer.model)
             entry.update(iteration_metrics(batch.returns, [t.success for t in trajectories], history, target_tokens))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from drift_algos import jsonio
 from drift_algos.agent import RolloutAgent, RolloutSummary
-from drift_algos.algorithms import GRPO, Drift, OfflineAlgorithm, OnlineAlgorithm, algorithm_class
+from drift_algos.algorithms import GRPO, PPO, Drift, OfflineAlgorithm, OnlineAlgorithm, algorithm_class
 from drift_algos.engines.transformers_engine import TransformersEngine
 from drift_algos.evaluation import EvalResult, evaluate, paired_difference
 from drift_algos.online import OnlineResult, train_online
@@ -106,6 +106,8 @@ def make_algorithm(name: str, preset: Preset) -> OfflineAlgorithm | OnlineAlgori
         return Drift(preset.drift)
     if cls is GRPO:
         return GRPO(preset.grpo)
+    if cls is PPO:
+        return PPO(preset.ppo)
     return cls()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from drift_algos.agent import RolloutConfig
 from drift_algos.algorithms.drift import DriftConfig
 from drift_algos.algorithms.grpo import GRPOConfig
+from drift_algos.algorithms.ppo import PPOConfig
 from drift_algos.evaluation import EvalConfig
 from drift_algos.online import OnlineConfig
 from drift_algos.training import TrainConfig
@@ -41,6 +42,8 @@ class Preset:
     ``rollout``, optimisation from ``train`` (epochs per iteration, mini-batch size)."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     """GRPO's settings."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO's settings."""
 
 
 def smoke() -> Preset:
@@ -53,6 +56,7 @@ def smoke() -> Preset:
         eval=EvalConfig(num_problems=16, bootstrap_samples=200),
         online=OnlineConfig(iterations=2, prompts_per_iteration=4, group_size=2),
         grpo=GRPOConfig(kl_coef=0.04),
+        ppo=PPOConfig(kl_coef=0.04),
     )
 
 
@@ -68,6 +72,7 @@ def default() -> Preset:
         # timed on this machine).
         online=OnlineConfig(iterations=16, prompts_per_iteration=16, group_size=8),
         grpo=GRPOConfig(kl_coef=0.04),
+        ppo=PPOConfig(kl_coef=0.04),
     )
 
 

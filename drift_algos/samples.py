@@ -53,6 +53,10 @@ class TokenizedSample:
     """Sampling policy's log-prob of each token (0 at position 0), aligned with ``input_ids``."""
     ref_logprobs: list[float] | None = None
     """Reference policy's log-prob of each token, aligned with ``input_ids``."""
+    old_values: list[float] | None = None
+    """Value estimates before the update (PPO), aligned with ``input_ids``."""
+    returns: list[float] | None = None
+    """Value targets (PPO), aligned with ``input_ids``."""
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -160,7 +160,7 @@ def collate(samples: Sequence[TokenizedSample], pad_id: int) -> dict[str, torch.
         attention[row, : len(s)] = 1
     weights = torch.tensor([s.weight for s in samples], dtype=torch.float32)  # (B,)
     batch = {"input_ids": ids, "loss_mask": mask, "attention_mask": attention, "weights": weights}
-    for name in ("advantages", "old_logprobs", "ref_logprobs"):
+    for name in ("advantages", "old_logprobs", "ref_logprobs", "old_values", "returns"):
         if getattr(samples[0], name) is not None:
             values = torch.zeros((len(samples), width), dtype=torch.float32)  # (B, T)
             for row, s in enumerate(samples):
@@ -224,6 +224,26 @@ class Trainer:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     @torch.no_grad()
+    def hidden_states(self, samples: Sequence[TokenizedSample], head: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> list[list[float]]:
+        """``head`` (e.g. a value head) applied to the policy's last hidden states, per token, aligned like
+        :meth:`logprobs` (position 0: 0; position t: ``head`` of the state after tokens < t)."""
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out: list[list[float]] = []
+        for start in range(0, len(samples), self.cfg.batch_size):
+            part = samples[start : start + self.cfg.batch_size]
+            batch = {k: v.to(device) for k, v in collate(part, self.pad_id).items()}
+            with self.accelerator.autocast():
+                hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    output_hidden_states=True).hidden_states[-1]  # (B, T, H)
+            values = head(hidden[:, :-1]).float().cpu()  # (B, T-1)
+            out += [[0.0] + values[row, : len(s) - 1].tolist() for row, s in enumerate(part)]
+        self.model.train(was_training)
+        return out
+
+    @torch.no_grad()
     def logprobs(self, samples: Sequence[TokenizedSample], model=None) -> list[list[float]]:
         """Per-token log-probs of each sample's tokens under ``model`` (default: the policy), aligned with its ids.
 
@@ -269,8 +289,12 @@ class Trainer:
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        own = objective.parameters()
+        if own:
+            objective.to(self.accelerator.device)
+            groups.append({"params": own, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
         self.model.train()  # a second fit (online iterations) starts from the eval mode the first left
         model, optimizer, scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
@@ -295,8 +319,11 @@ class Trainer:
                     denominator = sum(objective.denominator(batch) for batch in micro)
                     step_loss = 0.0
                     for batch in micro:
-                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                        logp = token_logprobs(logits, batch["input_ids"])  # (B, T-1)
+                        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       output_hidden_states=objective.needs_hidden)
+                        if objective.needs_hidden:
+                            batch["hidden"] = output.hidden_states[-1]  # (B, T, H)
+                        logp = token_logprobs(output.logits, batch["input_ids"])  # (B, T-1)
                         numerator, extra = objective.numerator(logp, batch)
                         # A zero normaliser (every weight 0) means a zero loss, still through the graph.
                         loss = numerator / denominator if float(denominator) > 0 else numerator * 0
@@ -308,7 +335,8 @@ class Trainer:
                             metrics[key] = metrics.get(key, 0.0) + value
                     grad_norm = float("nan")
                     if cfg.max_grad_norm > 0:
-                        grad_norm = float(self.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                        grad_norm = float(self.accelerator.clip_grad_norm_(list(model.parameters()) + own,
+                                                                           cfg.max_grad_norm))
                     lr = scheduler.get_last_lr()[0]  # the rate this step uses
                     optimizer.step()
                     scheduler.step()

@@ -150,9 +150,10 @@ def test_rft_keeps_only_successes(trajectories: list[Trajectory]) -> None:
 
 
 def test_registry_names() -> None:
-    assert set(ALGORITHMS) == {"drift", "sft", "rft", "grpo"}
+    assert set(ALGORITHMS) == {"drift", "sft", "rft", "grpo", "ppo"}
     for name, cls in ALGORITHMS.items():
-        assert cls.name == name and issubclass(cls, OfflineAlgorithm if name != "grpo" else OnlineAlgorithm)
+        online = name in ("grpo", "ppo")
+        assert cls.name == name and issubclass(cls, OnlineAlgorithm if online else OfflineAlgorithm)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, cls in ALGORITHMS.items() if issubclass(cls, OfflineAlgorithm)))

@@ -130,3 +130,72 @@ def test_drift_run_grpo_on_a_custom_env(tiny_model_dir: Path, tmp_path: Path, mo
     (entry,) = [json.loads(line) for line in (out / "online_log.jsonl").read_text().splitlines()]
     assert entry["trajectories"] == 4
     assert json.loads((out / "config.json").read_text())["env_id"] == "word_env/WordEnv"
+
+
+# -- PPO -------------------------------------------------------------------------------------------------------
+
+
+def test_turn_level_rewards_carry_format_and_repetition_penalties() -> None:
+    from drift_algos.algorithms.ppo import turn_level_rewards
+
+    t = Trajectory("p", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                         {"role": "user", "content": "again"}, {"role": "assistant", "content": "a"}],
+                   {"t1": 0, "t2": 0}, {"t1": 0.0, "t2": 0.0}, answer_norms=["4", "4"], format_penalty=-0.1,
+                   reward_details={"t1": {"format_penalty": -0.1}, "t2": {"format_penalty": 0.0}})
+    # Repeating one answer twice: 0.5 * (1 - 1/2) = 0.25 on the last turn; the format penalty on its own turn.
+    assert turn_level_rewards(t, 0.5) == pytest.approx([-0.1, -0.25])
+
+
+def test_ppo_advantages_follow_gae_over_the_turns(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from drift_algos.advantages import gae
+    from drift_algos.algorithms import PPO, PPOConfig
+    from drift_algos.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    good, bad = recorded(tok, "a", "<answer>85</answer>", 1.0), recorded(tok, "a", "<answer>84</answer>", 0.0)
+    trainer = Trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok, TrainConfig(warmup_ratio=0.0))
+    algorithm = PPO(PPOConfig(whiten=False, gamma=1.0, lam=0.9))
+    batch = algorithm.batch([good, bad])
+    algorithm.complete(batch, trainer)
+    sample = batch.samples[0]
+    n = len(good.turn_completion_ids[0])
+    assert sample.old_values == [0.0] * len(sample)  # the head starts at zero
+    expected, targets = gae([0.0] * (n - 1) + [1.0], [0.0] * n, gamma=1.0, lam=0.9)
+    assert [a for a, m in zip(sample.advantages, sample.loss_mask, strict=True) if m] == pytest.approx(expected)
+    assert [g for g, m in zip(sample.returns, sample.loss_mask, strict=True) if m] == pytest.approx(targets)
+    assert all(a == 0 for a, m in zip(sample.advantages, sample.loss_mask, strict=True) if not m)
+
+
+def test_ppo_value_loss_falls_on_a_fixed_batch(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from drift_algos.algorithms import PPO, PPOConfig
+    from drift_algos.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    trajectories = [recorded(tok, "a", "<answer>85</answer>", 1.0), recorded(tok, "a", "<answer>84</answer>", 0.0)]
+    trainer = Trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tok,
+                      TrainConfig(learning_rate=1e-3, batch_size=2, warmup_ratio=0.0, epochs=1))
+    algorithm = PPO(PPOConfig(value_clip=100.0))  # no value clipping: a plain regression to the fixed targets
+    batch = algorithm.batch(trajectories)
+    for sample, logp in zip(batch.samples, trainer.logprobs(batch.samples), strict=True):
+        sample.old_logprobs = logp
+    algorithm.complete(batch, trainer)
+    objective = algorithm.objective()
+    losses = [trainer.fit(batch.samples, objective=objective).history[0]["value_loss"] for _ in range(25)]
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("env", ["math", "mc"])
+def test_drift_run_ppo(env: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--env", env, "--algo", "ppo", "--model", str(tiny_model_dir),
+                                      "--preset", "smoke", "--num-prompts", "2", "--n", "2", "--iterations", "2",
+                                      "--eval-problems", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in (out / "online_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(e["value_loss"] >= 0 and e["samples"] > 0 for e in log)
+    assert log[0]["value_loss"] > 0  # rewards are nonzero (format penalties at least) or the head is not at zero

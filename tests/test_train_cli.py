@@ -71,3 +71,12 @@ def test_a_bad_weight_column_is_a_one_line_error(weights: list[object], message:
     result = train(tiny_model_dir, with_weights(trajectories_file, weights), tmp_path)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_online_algorithms_cannot_train_on_a_file(algo: str, tiny_model_dir: Path, trajectories_file: Path,
+                                                  tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", str(trajectories_file), "--out", str(tmp_path / "ckpt"), "--algo", algo,
+                                 "--model", str(tiny_model_dir)])
+    assert result.exit_code == 2
+    assert f"use: drift run --algo {algo}" in result.output and "Traceback" not in result.output

@@ -5,10 +5,11 @@ from __future__ import annotations
 from drift_algos.algorithms.base import OfflineAlgorithm, OnlineAlgorithm, OnlineBatch, SampleSet
 from drift_algos.algorithms.drift import Drift, DriftConfig
 from drift_algos.algorithms.grpo import GRPO, GRPOConfig
+from drift_algos.algorithms.ppo import PPO, PPOConfig
 from drift_algos.algorithms.sft import SFT, RejectionSFT
 
 ALGORITHMS: dict[str, type[OfflineAlgorithm] | type[OnlineAlgorithm]] = {
-    cls.name: cls for cls in (Drift, SFT, RejectionSFT, GRPO)}
+    cls.name: cls for cls in (Drift, SFT, RejectionSFT, GRPO, PPO)}
 """Algorithms by ``--algo`` name."""
 
 
@@ -21,5 +22,5 @@ def algorithm_class(name: str) -> type[OfflineAlgorithm] | type[OnlineAlgorithm]
 
 __all__ = [
     "ALGORITHMS", "GRPO", "SFT", "Drift", "DriftConfig", "GRPOConfig", "OfflineAlgorithm", "OnlineAlgorithm",
-    "OnlineBatch", "RejectionSFT", "SampleSet", "algorithm_class",
+    "OnlineBatch", "PPO", "PPOConfig", "RejectionSFT", "SampleSet", "algorithm_class",
 ]

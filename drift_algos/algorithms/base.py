@@ -80,6 +80,9 @@ class OnlineAlgorithm(ABC):
     def batch(self, trajectories: Sequence[Trajectory]) -> OnlineBatch:
         """Samples and coefficients for one iteration's trajectories (sampled with ``record_token_ids``)."""
 
+    def complete(self, batch: OnlineBatch, trainer) -> None:  # noqa: B027 - only some algorithms need it
+        """Fill in what needs the policy (PPO: old values, GAE); called after the loop set the old log-probs."""
+
     @abstractmethod
     def objective(self) -> Objective:
-        """The loss the trainer minimises."""
+        """The loss the trainer minimises (asked after :meth:`complete`, each iteration)."""
