@@ -35,6 +35,9 @@ class Sample:
     """Per-sample loss weight (DRIFT: the importance weight)."""
     prompt_id: str = ""
     """Group the sample came from (for diagnostics)."""
+    recorded: TokenizedSample | None = None
+    """The last turn exactly as the rollout engine tokenised it (when the record has token ids); trained on
+    instead of re-rendering the text when ``TrainConfig.recorded_ids``."""
 
 
 @dataclass

@@ -68,6 +68,9 @@ class TrainConfig:
     """``last`` assistant message (release) or ``all`` assistant messages."""
     normalise_weights: bool = False
     """Weighted-NLL batch loss ``sum w*nll / sum w`` instead of ``mean w*nll``, over each optimiser step's batch."""
+    recorded_ids: bool = False
+    """Offline: train on the token ids the rollout engine recorded (``turn_prompt_ids``/``turn_completion_ids``,
+    last turn) instead of re-rendering the conversation's text (the release's way, the default)."""
     sequence_loss: SequenceLoss = SequenceLoss.TOKEN_MEAN
     """A sample's NLL: mean over its target tokens (the release's; default, it reproduces the published result)
     or their sum (the derivation's objective, ``-log pi(y|x)``)."""
@@ -214,6 +217,14 @@ class Trainer:
     def tokenize(self, samples: Sequence[Sample | TokenizedSample]) -> list[TokenizedSample]:
         """Token ids and loss masks; already tokenised samples (an engine's own ids) pass through unchanged."""
         cfg = self.cfg
+        if cfg.recorded_ids:
+            if cfg.loss_target is not LossTarget.LAST:
+                raise ValueError("recorded_ids trains the last turn only; use loss_target 'last'")
+            missing = next((s for s in samples if isinstance(s, Sample) and s.recorded is None), None)
+            if missing is not None:
+                raise ValueError(f"sample {missing.prompt_id!r} has no recorded token ids (roll out with "
+                                 "record_token_ids) and recorded_ids is set")
+            samples = [s.recorded if isinstance(s, Sample) else s for s in samples]
         return [s if isinstance(s, TokenizedSample) else tokenize_sample(
             self.tokenizer, s, target=cfg.loss_target, max_prompt_tokens=cfg.max_prompt_tokens,
             max_completion_tokens=cfg.max_completion_tokens) for s in samples]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import gymnasium as gym
+import pytest
 from tiny import build_tokenizer
 
 from drift_algos.agent import RolloutAgent, RolloutConfig
@@ -82,3 +83,27 @@ def test_the_scripted_engine_ids_encode_its_text(scripted_engine) -> None:
     (completion,) = engine.generate([[{"role": "user", "content": "hi"}]], SamplingParams())[0]
     assert engine.decode(completion.token_ids) == completion.text
     assert engine.decode(completion.prompt_token_ids) == "user: hi\n"
+
+
+def test_offline_training_can_use_the_recorded_ids(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from drift_algos.algorithms import SFT
+    from drift_algos.models import load_tokenizer
+    from drift_algos.training import TrainConfig, Trainer
+
+    tok = build_tokenizer(["<answer>= 69 + 13 = 92</answer> a>=b x >= y"] * 50)
+    prompt_ids = [1, 2, 3]
+    t = Trajectory("p", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<answer>" + REPLY}],
+                   {"t1": 1}, {"t1": 1.0}, success=True, turn_prompt_ids=[prompt_ids],
+                   turn_completion_ids=[tok(REPLY, add_special_tokens=False)["input_ids"]])
+    (sample,) = SFT().samples([t]).samples
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    recorded = Trainer(model, tokenizer, TrainConfig(recorded_ids=True)).tokenize([sample])
+    assert recorded[0].input_ids == prompt_ids + t.turn_completion_ids[0] and recorded[0].weight == 1.0
+    rendered = Trainer(model, tokenizer, TrainConfig()).tokenize([sample])
+    assert rendered[0].input_ids != recorded[0].input_ids  # the default re-renders the text
+    no_ids = SFT().samples([Trajectory("p", t.messages, {"t1": 1}, {"t1": 1.0}, success=True)]).samples
+    with pytest.raises(ValueError, match="no recorded token ids"):
+        Trainer(model, tokenizer, TrainConfig(recorded_ids=True)).tokenize(no_ids)

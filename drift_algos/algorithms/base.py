@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from drift_algos.objectives import Objective
 from drift_algos.records import Trajectory
-from drift_algos.samples import Sample, TokenizedSample
+from drift_algos.samples import Sample, TokenizedSample, turn_samples
 from drift_algos.training import TrainConfig, default_objective
 
 
@@ -51,7 +51,8 @@ class OfflineAlgorithm(ABC):
 
 
 def last_turn_sample(trajectory: Trajectory, weight: float) -> Sample:
-    return Sample(messages=trajectory.messages, weight=weight, prompt_id=trajectory.prompt_id)
+    recorded = turn_samples(trajectory, weight=weight)[-1] if trajectory.turn_completion_ids else None
+    return Sample(messages=trajectory.messages, weight=weight, prompt_id=trajectory.prompt_id, recorded=recorded)
 
 
 @dataclass
