@@ -68,9 +68,9 @@ def default() -> Preset:
         drift=DriftConfig(gamma=0.9, beta=0.1, min_weight=0.01, drop_unsolved_groups=True),
         train=TrainConfig(learning_rate=1e-5, epochs=2, batch_size=8),
         eval=EvalConfig(num_problems=200),
-        # Online: 6 iterations of 8 prompts x 4 = 192 trajectories. Measured: one smoke iteration (4 x 2 with
-        # 1 epoch) took 118 s on the 2-core CPU shared with other jobs, so expect roughly 5-10 minutes an
-        # iteration here; sampling 2,048 like a fair match for DRIFT's budget would take hours.
+        # Online: 6 iterations of 8 prompts x 4 = 192 trajectories. Measured on the shared 2-core CPU: a smoke
+        # iteration (4 x 2, 1 epoch) took 31 s once warm (118 s the first), so expect a few minutes an
+        # iteration here (not timed).
         online=OnlineConfig(iterations=6, prompts_per_iteration=8, group_size=4),
         grpo=GRPOConfig(kl_coef=0.04),
         ppo=PPOConfig(kl_coef=0.04),
