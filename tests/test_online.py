@@ -199,3 +199,29 @@ def test_drift_run_ppo(env: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     log = [json.loads(line) for line in (out / "online_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(e["value_loss"] >= 0 and e["samples"] > 0 for e in log)
     assert log[0]["value_loss"] > 0  # rewards are nonzero (format penalties at least) or the head is not at zero
+
+
+def test_online_checkpoints_on_a_schedule(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from drift_algos.online import OnlineConfig
+    from drift_algos.pipeline import RunConfig, run
+    from drift_algos.presets import smoke
+
+    preset = smoke()
+    preset.online = OnlineConfig(iterations=3, prompts_per_iteration=1, group_size=2, checkpoint_every=1)
+    preset.eval = dataclasses.replace(preset.eval, num_problems=1)
+    result = run(RunConfig(env="mc", model=str(tiny_model_dir), algo="grpo", preset=preset, out_dir=tmp_path / "r"))
+    assert len(result.online.iterations) == 3
+    # Every iteration but the last (which is the final checkpoint/) leaves a numbered checkpoint.
+    assert sorted(p.name for p in (tmp_path / "r").glob("checkpoint*")) == ["checkpoint", "checkpoint-1",
+                                                                           "checkpoint-2"]
+
+
+@pytest.mark.parametrize("kwargs", [{"iterations": 0}, {"prompts_per_iteration": 0}, {"group_size": 0},
+                                    {"checkpoint_every": -1}])
+def test_online_config_validation(kwargs: dict) -> None:
+    from drift_algos.online import OnlineConfig
+
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        OnlineConfig(**kwargs)
