@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from drift_algos.engines.base import Engine, Message, SamplingParams
+from drift_algos.engines.base import Engine, Message, SamplingParams, derive_seed
 from drift_algos.metrics import MultiTurnMetrics, compute_metrics, first_success
 from drift_algos.records import Sampling, Trajectory, TrajectoryWriter
 
@@ -172,7 +172,7 @@ class RolloutAgent:
         pending = list(enumerate(problems))[::-1]
         live: list[_Episode] = []
         done: list[Trajectory] = []
-        tokens = replies = malformed = step = 0
+        tokens = replies = malformed = 0
         start = time.perf_counter()
         while pending or live:
             while pending and (not live or len(live) + cfg.n <= cfg.max_live):
@@ -180,10 +180,13 @@ class RolloutAgent:
                 live.extend(self._start(group, s, problem, cfg) for s in range(cfg.n))
             params = SamplingParams(
                 temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                seed=cfg.seed * 7919 + step, stop=self.stop, logprobs=cfg.logprobs,
+                stop=self.stop, logprobs=cfg.logprobs,
             )
-            step += 1
-            completions = self.engine.generate([e.messages for e in live], params, reply_prefix=self.reply_prefix)
+            # One seed per episode and turn: a trajectory is the same whatever else shares its batch,
+            # so sharded, resumed and differently batched runs sample what one whole run samples.
+            seeds = [derive_seed(cfg.seed, e.group, e.sample, len(e.successes) + 1) for e in live]
+            completions = self.engine.generate([e.messages for e in live], params, reply_prefix=self.reply_prefix,
+                                               seeds=seeds)
             still: list[_Episode] = []
             for episode, (completion,) in zip(live, completions, strict=True):
                 reply = self.reply_prefix + completion.text

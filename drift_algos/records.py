@@ -114,16 +114,36 @@ class Trajectory:
                 raise DataError(f"{where}: field 'messages[{i}]' must be {{role: system|user|assistant, content: str}}")
         if not any(m["role"] == "assistant" for m in messages):
             raise DataError(f"{where}: field 'messages' has no assistant message")
+        if messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: field 'messages' must end with an assistant message (the training target), "
+                            f"ends with {messages[-1]['role']!r}")
         turn_rewards = _turn_dict(need("turn_rewards", dict), "turn_rewards", where, float)
         verifier = _turn_dict(row.get("verifier") or {}, "verifier", where, int)
-        fp = row.get("format_penalty", row.get("trajectory_penalty", 0.0)) or 0.0
-        if not isinstance(fp, (int, float)) or math.isnan(fp):
-            raise DataError(f"{where}: field 'format_penalty' must be a number")
+        fp = _number(row.get("format_penalty", row.get("trajectory_penalty", 0.0)) or 0.0, "format_penalty", where)
+        if fp > 0:
+            raise DataError(f"{where}: field 'format_penalty' must be <= 0 (a penalty), got {fp}")
+        rep = row.get("repetition_penalty")
+        if rep is not None and _number(rep, "repetition_penalty", where) < 0:
+            raise DataError(f"{where}: field 'repetition_penalty' must be >= 0, got {rep}")
         norms = row.get("answer_norms") or []
         if not isinstance(norms, list):
             raise DataError(f"{where}: field 'answer_norms' must be a list")
         sampling = row.get("sampling") or {}
+        if not isinstance(sampling, dict):
+            raise DataError(f"{where}: field 'sampling' must be an object")
         t_star = row.get("t_star")
+        if t_star is not None and (not isinstance(t_star, int) or isinstance(t_star, bool) or t_star < 1):
+            raise DataError(f"{where}: field 't_star' must be a turn number >= 1 or null, got {t_star!r}")
+        success = row.get("success", t_star is not None)
+        if not isinstance(success, bool):
+            raise DataError(f"{where}: field 'success' must be true or false, got {success!r}")
+        for name in ("seed", "sample_index"):
+            value = row.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise DataError(f"{where}: field '{name}' must be an integer, got {value!r}")
+        for name in ("turn_tokens", "turn_logprobs"):
+            if not isinstance(row.get(name) or [], list):
+                raise DataError(f"{where}: field '{name}' must be a list")
         return cls(
             prompt_id=str(prompt_id),
             messages=[{"role": m["role"], "content": m["content"]} for m in messages],
@@ -131,7 +151,7 @@ class Trajectory:
             turn_rewards=turn_rewards,
             gold=str(row.get("gold") or ""),
             reward_details=row.get("reward_details") or {},
-            t_star=int(t_star) if t_star is not None else None,
+            t_star=t_star,
             answer_norms=[str(a) if a is not None else "" for a in norms],
             format_penalty=float(fp),
             env_id=row.get("env_id") or "",
@@ -143,9 +163,23 @@ class Trajectory:
             turn_logprobs=list(row.get("turn_logprobs") or []),
             turn_prompt_ids=_id_lists(row.get("turn_prompt_ids"), "turn_prompt_ids", where),
             turn_completion_ids=_id_lists(row.get("turn_completion_ids"), "turn_completion_ids", where),
-            repetition_penalty=row.get("repetition_penalty"),
-            success=bool(row.get("success", t_star is not None)),
+            repetition_penalty=float(rep) if rep is not None else None,
+            success=success,
         )
+
+
+def _number(value: Any, name: str, where: str) -> float:
+    """A finite float, or a :class:`DataError` naming the field (NaN, infinities and numbers past
+    float range included)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise DataError(f"{where}: field '{name}' must be a number, got {value!r}"[:300])
+    try:
+        number = float(value)
+    except OverflowError:
+        raise DataError(f"{where}: field '{name}' is too large ({len(str(value))} digits)") from None
+    if not math.isfinite(number):
+        raise DataError(f"{where}: field '{name}' must be finite, got {number}")
+    return number
 
 
 def _turn_dict(value: dict, name: str, where: str, kind: type) -> dict:
@@ -153,11 +187,9 @@ def _turn_dict(value: dict, name: str, where: str, kind: type) -> dict:
     for key, item in value.items():
         if not _TURN_KEY.match(str(key)):
             raise DataError(f"{where}: field '{name}' has key {key!r}; expected t1, t2, ...")
-        if not isinstance(item, (int, float)) or isinstance(item, bool) and kind is float:
-            raise DataError(f"{where}: field '{name}.{key}' must be a number, got {item!r}")
-        if isinstance(item, float) and math.isnan(item):
-            raise DataError(f"{where}: field '{name}.{key}' is NaN")
-        out[str(key)] = kind(item)
+        if isinstance(item, bool) and kind is int:  # verifier: true/false are 1/0
+            item = int(item)
+        out[str(key)] = kind(_number(item, f"{name}.{key}", where))
     return dict(sorted(out.items(), key=lambda kv: int(kv[0][1:])))
 
 

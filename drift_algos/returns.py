@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from drift_envs.base import repetition_penalty
+
 if TYPE_CHECKING:
     from drift_algos.records import Trajectory
 
@@ -52,18 +54,6 @@ def discounted_return(turn_rewards: Mapping[str, float], gamma: float) -> float:
     return total
 
 
-def repetition_penalty_from_norms(norms: Sequence[str], lam: float = DEFAULT_REPETITION_LAMBDA) -> float:
-    """``lam * (1 - unique non-empty answers / answers given)``, at least 0; 0 for no answers.
-
-    Empty strings (turns whose answer normalised to nothing) count as answers given but never
-    as unique ones, as in the release.
-    """
-    if not norms:
-        return 0.0
-    unique = {str(norm) for norm in norms if norm}
-    return max(0.0, lam * (1.0 - len(unique) / len(norms)))
-
-
 def trajectory_return(
     record: Trajectory,
     gamma: float = DEFAULT_GAMMA,
@@ -86,7 +76,7 @@ def trajectory_return(
             raise ValueError(f"field 'repetition_penalty' must be a finite number, got {recorded!r}")
         penalty = float(recorded)
     else:
-        penalty = repetition_penalty_from_norms(record.answer_norms, lam)
+        penalty = repetition_penalty(record.answer_norms, lam)
     return discounted_return(record.turn_rewards, gamma) + record.format_penalty - penalty
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,10 +112,17 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
     if out_path.is_dir():
         raise IsADirectoryError(f"output path is a directory: {out_path}")
 
+    # A pipe or /dev/stdin can be read once: keep its rows for the second pass. A regular file is
+    # read twice instead, so a large file is never held in memory.
+    held = None if in_path.is_file() else list(iter_rows(in_path))
+
+    def rows() -> Iterator[tuple[str, dict]]:
+        return iter(held) if held is not None else iter_rows(in_path)
+
     prompt_ids: list[str] = []
     returns: list[float] = []
     successes: list[bool] = []
-    for where, row in iter_rows(in_path):
+    for where, row in rows():
         record = Trajectory.from_dict(row, where)
         try:
             value = cfg.return_of(record)
@@ -135,7 +142,7 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
     try:
         with temporary.open("w", encoding="utf-8") as handle:
             count = 0
-            for where, row in iter_rows(in_path):
+            for where, row in rows():
                 if count >= len(weights):
                     raise DataError(f"{where}: {in_path} changed while it was being weighed")
                 # Assigning keeps an existing column's position and appends a new one at the end.

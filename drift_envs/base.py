@@ -158,11 +158,16 @@ class EpisodeStats:
     """Solved within the limits."""
 
 
-def repetition_penalty(answer_norms: Sequence[str], lam: float) -> float:
-    """``lam * (1 - unique / given)``; 0 when no answer was given."""
+def repetition_penalty(answer_norms: Sequence[str], lam: float = 0.5) -> float:
+    """``lam * (1 - unique non-empty answers / answers given)``, at least 0; 0 when no answer was given.
+
+    The one definition, used by the environments and by :mod:`drift_algos.returns`. As in the
+    release, an answer that normalised to the empty string counts as given but never as unique.
+    """
     if not answer_norms:
         return 0.0
-    return lam * (1.0 - len(set(answer_norms)) / len(answer_norms))
+    unique = {str(norm) for norm in answer_norms if norm}
+    return max(0.0, lam * (1.0 - len(unique) / len(answer_norms)))
 
 
 @dataclass

@@ -65,6 +65,10 @@ def iter_jsonl(path: str | Path) -> Iterator[Row]:
                     data = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
+                except RecursionError:
+                    raise DataError(f"{path}:{number}: invalid JSON (nested too deeply)") from None
+                except ValueError as err:  # e.g. an integer past Python's digit limit
+                    raise DataError(f"{path}:{number}: invalid JSON ({str(err).splitlines()[0]})") from None
                 if not isinstance(data, dict):
                     raise DataError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
                 yield Row(f"{path}:{number}", data)

@@ -49,6 +49,7 @@ from drift_envs.mc_problems import (
     MCProblem,
 )
 from drift_envs.parsing import ParsedReply, ParseMode
+from drift_envs.verify import HEDGE_RE
 
 MC_SOURCES = ("procedural", "gpqa", "mmlu", "mmlu_pro", "mmlu_redux")
 
@@ -143,6 +144,7 @@ _LABELLED = re.compile(r"(?:\(([A-Z])\)|([A-Z])[.:)])\s+\S")
 _PHRASE = re.compile(r"(?i:\b(?:answer|option|choice)\b)\s*(?i:is)?\s*:?\s*\(?([A-Z])\)?(?![A-Za-z0-9])")
 """``the answer is B``, ``Answer: (C)``, ``option D``: the letter upper case, as labels are shown."""
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER_WITH_UNIT = re.compile(r"([-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+))\s*[^\d\s][^\d]*")
 
 
@@ -167,9 +169,31 @@ def _option_number(text: str) -> float | None:
     return float(match.group(1).replace(",", "")) if match else None
 
 
+_MC_HEDGE = re.compile(r"(?i)\band\b|[,;/&]")
+"""Connectives and separators that list several options (``C, D``, ``C/D``, ``B and C``)."""
+_MENTION = re.compile(r"(?<![A-Za-z0-9'])\(?([A-Z])\)?(?![A-Za-z0-9'])(?!\s+[a-z])")
+"""A capital letter standing alone (``B``, ``(B)``), not an article or pronoun (``A good``, ``I think``)."""
+
+
+def _names_option(text: str, options: Sequence[str]) -> set[int]:
+    """Options whose text (or value) ``text`` is."""
+    wanted = _norm(text)
+    if not wanted:
+        return set()
+    hits = {i for i, option in enumerate(options) if _norm(option) == wanted}
+    value = _number(text)
+    if not hits and value is not None:
+        hits = {i for i, option in enumerate(options) if _option_number(option) == value}
+    return hits
+
+
 def read_choice(content: str, options: Sequence[str], *, strict: bool = False) -> int | None:
     """Index of the option ``content`` names (a letter, or in lenient mode an option's text
     or value); ``None`` when it names none, or several.
+
+    An answer that hedges, negates or lists options (``(C) or (D)``, ``The answer is C or D``,
+    ``not C``, ``C, D``) names no single option and is wrong, unless it is exactly an option's
+    text: otherwise naming every letter would always collect the reward.
 
     >>> read_choice("B", ["84", "85", "86", "87"]), read_choice("37 + 48 = 85", ["84", "85", "86", "87"])
     (1, 1)
@@ -188,26 +212,36 @@ def read_choice(content: str, options: Sequence[str], *, strict: bool = False) -
     if strict:
         return index_of(text) if len(text) == 1 and text.isalpha() and text.isascii() else None
     core = text.strip("*`'\" ")
+    exact = _names_option(core, options)
+    if len(exact) == 1:
+        return exact.pop()
+    labelled = _LABELLED.match(core)
+    if labelled and index_of(labelled.group(1) or labelled.group(2)) is not None:
+        # "B. 85" where option B is 85: the label and the text agree.
+        index = index_of(labelled.group(1) or labelled.group(2))
+        if _names_option(core[labelled.end() - 1 :], options) == {index}:
+            return index
+    unlisted = _THOUSANDS.sub("", core)
+    if HEDGE_RE.search(unlisted) or _MC_HEDGE.search(unlisted):
+        return None
+    mentioned = {m.group(1) for m in _MENTION.finditer(core) if index_of(m.group(1)) is not None}
+    if len(mentioned) > 1:
+        return None
     # A letter past the last option falls through: the text may still name an option.
     bare = _BARE_LETTER.fullmatch(core)
     if bare and index_of(bare.group(1)) is not None:
         return index_of(bare.group(1))
-    labelled = _LABELLED.match(core)
     if labelled and index_of(labelled.group(1) or labelled.group(2)) is not None:
-        return index_of(labelled.group(1) or labelled.group(2))
+        index = index_of(labelled.group(1) or labelled.group(2))
+        named = _names_option(core[labelled.end() - 1 :], options)
+        return index if not named or named == {index} else None
     phrase = _PHRASE.search(core)
     if phrase and index_of(phrase.group(1)) is not None:
         return index_of(phrase.group(1))
     # The text or value of an option; after "=", its right-hand side (``37 + 48 = 85``).
     candidates = [core] + ([core.rsplit("=", 1)[1]] if "=" in core else [])
     for candidate in candidates:
-        wanted = _norm(candidate)
-        if not wanted:
-            continue
-        hits = {i for i, option in enumerate(options) if _norm(option) == wanted}
-        value = _number(candidate)
-        if not hits and value is not None:
-            hits = {i for i, option in enumerate(options) if _option_number(option) == value}
+        hits = _names_option(candidate, options)
         if len(hits) == 1:
             return hits.pop()
         if hits:  # the text names several (identical) options: ambiguous

@@ -71,10 +71,14 @@ class ScriptedEngine(Engine):
     def __init__(self, reply: Reply):
         self.reply = reply
         self.calls: list[tuple[list[list[Message]], SamplingParams, list[str]]] = []
+        self.seeds: list[list[int] | None] = []
+        """The per-conversation seeds of each call."""
 
-    def generate(self, conversations, params: SamplingParams, *, reply_prefix: str | Sequence[str] = ""):
+    def generate(self, conversations, params: SamplingParams, *, reply_prefix: str | Sequence[str] = "",
+                 seeds: Sequence[int] | None = None):
         prefixes = prefixes_for(reply_prefix, len(conversations))
         self.calls.append(([list(c) for c in conversations], params, prefixes))
+        self.seeds.append(list(seeds) if seeds is not None else None)
         out = []
         for conversation, prefix in zip(conversations, prefixes, strict=True):
             text = self.reply(conversation, params)

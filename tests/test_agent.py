@@ -157,7 +157,9 @@ def test_scripted_engine_gives_exact_records_and_metrics(scripted_engine) -> Non
         assert (params.n, params.temperature, params.max_new_tokens, params.stop, params.logprobs) == (
             1, 0.5, 16, ("</answer>",), True)
         assert set(prefixes) == {"<answer>"}
-    assert len({params.seed for _, params, _ in engine.calls}) == 3
+    # A seed per episode and turn: 6 + 4 + 2 distinct seeds.
+    seeds = [seed for call in engine.seeds for seed in call]
+    assert len(seeds) == 12 and len(set(seeds)) == 12
 
     by_id = {(r.prompt_id, r.sample_index): r for r in records}
     assert set(by_id) == {(p.id, s) for p in PROBLEMS for s in (0, 1)}
@@ -293,3 +295,17 @@ def test_plain_gymnasium_env_with_a_scripted_engine(scripted_engine) -> None:
 def test_rollout_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         RolloutConfig(**kwargs)
+
+
+def test_trajectories_do_not_depend_on_batching(tiny_engine: TransformersEngine) -> None:
+    """Seeds per episode and turn: the same trajectories whether 2 or 8 episodes share an engine call."""
+    def collect(max_live: int, batch_size: int) -> list[dict]:
+        engine = TransformersEngine(tiny_engine.model, tiny_engine.tokenizer, batch_size=batch_size)
+        agent = RolloutAgent(engine, math_env(max_turns=2, max_actions=2, num_problems=20), env_id=MATH)
+        records, _ = agent.run(RolloutConfig(num_prompts=4, n=2, temperature=1.0, max_new_tokens=6, seed=3,
+                                             max_live=max_live))
+        return sorted((r.to_dict() for r in records), key=lambda d: (d["prompt_id"], d["sample_index"]))
+
+    wide, narrow = collect(256, 8), collect(2, 1)
+    assert wide == narrow
+    assert len({json.dumps(d["messages"]) for d in wide}) > 4  # samples differ within groups

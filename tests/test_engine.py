@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drift_algos.engines.base import SamplingParams, cut_at_stop, prefixes_for
+from drift_algos.engines.base import SamplingParams, cut_at_stop, derive_seed, prefixes_for
 from drift_algos.engines.transformers_engine import TransformersEngine
 
 # Prompts of different lengths, deliberately not in length order, so the engine's length sort matters.
@@ -187,3 +187,71 @@ def test_sampling_params_greedy() -> None:
 def test_engine_batch_size_validation(engine: TransformersEngine) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         TransformersEngine(engine.model, engine.tokenizer, batch_size=0)
+
+
+def sampled_tokens(engine: TransformersEngine, conversations, seeds, **kwargs) -> list[list[list[int]]]:
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, n=2, **kwargs)
+    return [[c.token_ids for c in cs] for cs in engine.generate(conversations, params, seeds=seeds)]
+
+
+def test_per_conversation_seeds_do_not_depend_on_the_batch(engine: TransformersEngine) -> None:
+    """A conversation's samples depend on its own seed only: not on batch size, order or neighbours."""
+    seeds = [11, 12, 13, 14, 15]
+    together = sampled_tokens(engine, CONVERSATIONS, seeds)
+    alone = [sampled_tokens(single(engine), [c], [s])[0] for c, s in zip(CONVERSATIONS, seeds, strict=True)]
+    reversed_ = sampled_tokens(engine, CONVERSATIONS[::-1], seeds[::-1])[::-1]
+    wide = sampled_tokens(TransformersEngine(engine.model, engine.tokenizer, batch_size=16), CONVERSATIONS, seeds)
+    assert together == alone == reversed_ == wide
+    # The n samples of a conversation differ from each other, and another seed gives another draw.
+    assert any(a != b for a, b in together)
+    assert sampled_tokens(engine, CONVERSATIONS, [21, 12, 13, 14, 15])[0] != together[0]
+    assert together[1:] == sampled_tokens(engine, CONVERSATIONS, [21, 12, 13, 14, 15])[1:]
+
+
+def test_seeds_must_match_the_conversations(engine: TransformersEngine) -> None:
+    with pytest.raises(ValueError, match="2 seeds for 3 conversations"):
+        engine.generate(CONVERSATIONS[:3], SamplingParams(max_new_tokens=2), seeds=[1, 2])
+
+
+def test_tiny_top_p_with_seeds_is_greedy(engine: TransformersEngine) -> None:
+    """top-p keeps the smallest set of tokens reaching the mass: at 1e-6, only the most likely one."""
+    greedy = engine.generate(CONVERSATIONS, SamplingParams(temperature=0, max_new_tokens=6))
+    nucleus = engine.generate(CONVERSATIONS, SamplingParams(temperature=1.0, top_p=1e-6, max_new_tokens=6),
+                              seeds=range(len(CONVERSATIONS)))
+    assert [g[0].token_ids for g in greedy] == [t[0].token_ids for t in nucleus]
+
+
+def test_derive_seed_is_stable_and_mixes() -> None:
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    assert len({derive_seed(a, b) for a in range(20) for b in range(20)}) == 400
+    assert derive_seed(0, 1) != derive_seed(1, 0)
+    assert 0 <= derive_seed(-5, 2**70) < 2**63
+
+
+def test_rows_stopped_early_keep_no_padding(engine: TransformersEngine) -> None:
+    """A batch where a stop string ends only some rows: those rows keep exactly the tokens up to the stop
+    (no pad ids, whose id here is not EOS), with one log-prob each; the other rows are untouched."""
+    tok = engine.tokenizer
+    assert tok.pad_token_id not in (engine.model.generation_config.eos_token_id, tok.eos_token_id)
+    free = SamplingParams(temperature=0, max_new_tokens=12, logprobs=True)
+    full = [single(engine).generate([c], free)[0][0] for c in CONVERSATIONS]
+    # A stop string from the middle of the first reply that the other replies do not contain.
+    first = full[0]
+    stop = next(piece for k in range(1, len(first.token_ids) - 2)
+                if (piece := tok.decode(first.token_ids[: k + 1])[len(tok.decode(first.token_ids[:k])):]).strip()
+                and all(piece not in f.text for f in full[1:]) and first.text.find(piece) == len(tok.decode(
+                    first.token_ids[:k])))
+    batched = TransformersEngine(engine.model, tok, batch_size=len(CONVERSATIONS))  # every row in one batch
+    stopped = batched.generate(CONVERSATIONS, SamplingParams(temperature=0, max_new_tokens=12, logprobs=True,
+                                                             stop=(stop,)))
+    fired = [c[0].finish_reason == "stop" and c[0].text.endswith(stop) for c in stopped]
+    assert fired[0] and not all(fired)  # the stop fired in some rows only
+    for f, (s,) in zip(full, stopped, strict=True):
+        assert tok.pad_token_id not in s.token_ids
+        assert len(s.logprobs) == len(s.token_ids)
+        assert s.token_ids == f.token_ids[: len(s.token_ids)]
+        assert s.logprobs == pytest.approx(f.logprobs[: len(s.token_ids)], abs=1e-4)
+        if s.text.endswith(stop):
+            assert tok.decode(s.token_ids, skip_special_tokens=True) == s.text
+        else:
+            assert s.token_ids == f.token_ids

@@ -16,7 +16,7 @@ from drift_algos.returns import (
     effective_sample_size,
     group_log_weights,
     group_weights,
-    repetition_penalty_from_norms,
+    repetition_penalty,
     trajectory_return,
 )
 from drift_algos.weighting import WeighConfig, weigh
@@ -63,14 +63,33 @@ def test_discounted_return_takes_turns_in_numeric_order() -> None:
 
 
 def test_repetition_penalty_from_answer_norms() -> None:
-    assert repetition_penalty_from_norms(["5", "5", "6", "7"]) == pytest.approx(0.125)
+    assert repetition_penalty(["5", "5", "6", "7"]) == pytest.approx(0.125)
     # An empty answer counts in the denominator but never as a unique answer.
-    assert repetition_penalty_from_norms(["", "3", "4"]) == pytest.approx(0.5 / 3)
-    assert repetition_penalty_from_norms(["", ""]) == pytest.approx(0.5)
-    assert repetition_penalty_from_norms(["1", "2"]) == 0.0
-    assert repetition_penalty_from_norms([]) == 0.0
-    assert repetition_penalty_from_norms(["a", "a"], lam=0.0) == 0.0
-    assert repetition_penalty_from_norms(["a", "a"], lam=1.0) == pytest.approx(0.5)
+    assert repetition_penalty(["", "3", "4"]) == pytest.approx(0.5 / 3)
+    assert repetition_penalty(["", ""]) == pytest.approx(0.5)
+    assert repetition_penalty(["1", "2"]) == 0.0
+    assert repetition_penalty([]) == 0.0
+    assert repetition_penalty(["a", "a"], lam=0.0) == 0.0
+    assert repetition_penalty(["a", "a"], lam=1.0) == pytest.approx(0.5)
+
+
+def test_environment_and_weighing_charge_one_repetition_penalty() -> None:
+    """An episode whose answers normalise to nothing: the environment's recorded penalty and the
+    one weighing recomputes from ``answer_norms`` are the same number (they once disagreed)."""
+    import gymnasium as gym
+
+    import drift_envs  # noqa: F401 - registers the environments
+    from drift_envs import Problem
+
+    env = gym.make("drift/MathCorrection-v0", problems=[Problem("p", "What is 1 + 1?", "2", "test")],
+                   max_turns=2, max_actions=2)
+    env.reset(options={"problem_id": "p"})
+    for _ in range(2):  # "." has an answer tag but normalises to the empty string
+        *_, terminated, truncated, info = env.step("<answer>.</answer>")
+    assert truncated and not terminated
+    stats = info["episode"]
+    assert list(stats.answer_norms) == ["", ""]
+    assert stats.repetition_penalty == pytest.approx(0.5) == repetition_penalty(stats.answer_norms)
 
 
 def test_returns_of_release_rows_match_hand_computation(records: list[Trajectory]) -> None:
@@ -238,8 +257,11 @@ def test_infinite_reward_in_a_record_is_rejected() -> None:
         "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
         "turn_rewards": {"t1": math.inf},
     }
+    with pytest.raises(ValueError, match="field 'turn_rewards.t1' must be finite"):
+        Trajectory.from_dict(row)
+    record = Trajectory(prompt_id="p", messages=row["messages"], verifier={}, turn_rewards={"t1": math.inf})
     with pytest.raises(ValueError, match="prompt_id 'p'"):
-        weigh([Trajectory.from_dict(row)])
+        weigh([record])
 
 
 def test_return_of_three_at_beta_005_matches_hand_computation(tmp_path: Path) -> None:

@@ -47,8 +47,8 @@ def test_recorded_ids_are_the_generated_ids_and_survive_a_file(tiny_model_dir: P
     generated: list[tuple[list[int], list[int]]] = []
     original = engine._generate_batch
 
-    def spy(ids, params):  # what the model was fed and what it produced, seen inside the engine
-        out = original(ids, params)
+    def spy(ids, *args, **kwargs):  # what the model was fed and what it produced, seen inside the engine
+        out = original(ids, *args, **kwargs)
         generated.extend((list(i), list(c.token_ids)) for i, c in zip(ids, out, strict=True))
         return out
 

@@ -106,7 +106,7 @@ def test_weigh_file_errors(sample: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=f"{bad}:3: missing field 'turn_rewards'"):
         weigh_file(bad, tmp_path / "out.jsonl")
     bad.write_text("\n".join([lines[0], json.dumps({**json.loads(lines[1]), "turn_rewards": {"t1": 1e309}})]) + "\n")
-    with pytest.raises(DataError, match=f"{bad}:2: return is inf"):
+    with pytest.raises(DataError, match=f"{bad}:2: field 'turn_rewards.t1' must be finite, got inf"):
         weigh_file(bad, tmp_path / "out.jsonl")
     assert not (tmp_path / "out.jsonl").exists()
     bad.write_text("\n")

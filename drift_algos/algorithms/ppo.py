@@ -21,9 +21,9 @@ from drift_algos.advantages import gae
 from drift_algos.algorithms.base import OnlineAlgorithm, OnlineBatch
 from drift_algos.objectives import Objective, PPOObjective, ValueHead
 from drift_algos.records import Trajectory
-from drift_algos.returns import repetition_penalty_from_norms
 from drift_algos.samples import turn_samples
 from drift_algos.weighting import WeighConfig
+from drift_envs.base import repetition_penalty
 
 
 @dataclass
@@ -69,7 +69,7 @@ def turn_level_rewards(trajectory: Trajectory, repetition_lambda: float) -> list
             rewards[t] += float(details[f"t{t + 1}"].get("format_penalty", 0.0))
     else:
         rewards[-1] += trajectory.format_penalty
-    rewards[-1] -= repetition_penalty_from_norms(trajectory.answer_norms, repetition_lambda)
+    rewards[-1] -= repetition_penalty(trajectory.answer_norms, repetition_lambda)
     return rewards
 
 

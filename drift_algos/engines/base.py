@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
@@ -23,7 +25,8 @@ class SamplingParams:
     n: int = 1
     """Completions per conversation."""
     seed: int | None = None
-    """Seed for sampling (``None``: not reseeded)."""
+    """Seed for a call without per-conversation ``seeds``: conversation i is sampled with
+    ``derive_seed(seed, i)`` (``None`` and no ``seeds``: not reseeded)."""
     stop: tuple[str, ...] = ()
     """Stop strings: generation of a completion ends after the first one (kept in the text)."""
     logprobs: bool = False
@@ -71,6 +74,11 @@ class Engine(ABC):
     ``reply_prefix`` primes the assistant's reply: it is appended after the chat template's
     generation prompt and the completion continues it (the DRIFT release primes with
     ``<answer>`` or ``<think>``). One prefix for all conversations, or one per conversation.
+
+    ``seeds`` gives one seed per conversation: completion k of conversation i is sampled with
+    ``derive_seed(seeds[i], k)`` and must not depend on the other conversations of the call (batch
+    size, order, padding). That is what makes a sharded, resumed or differently batched rollout
+    sample the same trajectories as one uninterrupted run.
     """
 
     name: str = "engine"
@@ -82,6 +90,7 @@ class Engine(ABC):
         params: SamplingParams,
         *,
         reply_prefix: str | Sequence[str] = "",
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """``params.n`` completions for each conversation, in input order."""
 
@@ -95,6 +104,27 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook; most engines hold nothing to release
         """Release resources (servers, GPU memory)."""
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers, the same on every machine and run.
+
+    Nearby inputs (seed 0 group 1, seed 1 group 0) give unrelated seeds, unlike ``a * K + b``.
+    """
+    state = np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) >> 1
+
+
+def sample_seeds(params: SamplingParams, seeds: Sequence[int] | None, count: int) -> list[list[int]] | None:
+    """The seed of each of ``params.n`` completions of ``count`` conversations, or ``None`` (unseeded)."""
+    if seeds is None:
+        if params.seed is None:
+            return None
+        seeds = [derive_seed(params.seed, i) for i in range(count)]
+    seeds = list(seeds)
+    if len(seeds) != count:
+        raise ValueError(f"got {len(seeds)} seeds for {count} conversations")
+    return [[derive_seed(seed, k) for k in range(params.n)] for seed in seeds]
 
 
 def prefixes_for(reply_prefix: str | Sequence[str], count: int) -> list[str]:
