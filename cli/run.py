@@ -31,7 +31,8 @@ PRESET_HELP = (
     "the DRIFT release's settings (1,800 prompts x 16, 5 turns, 512 tokens): a GPU job (not measured)."
 )
 """The presets' descriptions (drift_algos/presets.py, kept equal by a test; importing presets here would load torch)."""
-ALGO_HELP = "Algorithm: drift (importance-weighted SFT), sft (every trajectory), rft (successful ones only)."
+ALGO_HELP = ("Algorithm: drift (importance-weighted SFT), sft (every trajectory), rft (successful ones only), "
+             "grpo, ppo (online: sample with the current policy each iteration).")
 
 
 class RichReporter:
@@ -50,7 +51,7 @@ class RichReporter:
         self._task = self._bar.add_task(stage, total=None, extra="")
 
         def update(done: int, total: int, extra: float) -> None:
-            label = f"loss {extra:.3f}" if stage == "train" else f"{int(extra):,} tok"
+            label = f"loss {extra:.3f}" if stage == "train" else f"{int(extra):,} tok generated"
             self._bar.update(self._task, completed=done, total=total, extra=label)
 
         return update
@@ -79,6 +80,19 @@ def comparison_table(base, trained, deltas: dict, title: str) -> Table:
     return table
 
 
+def online_table(online) -> Table:
+    """One row per iteration of an online run."""
+    table = Table(title="online iterations")
+    columns = ("iteration", "reward", "success", "kl", "clip_fraction", "entropy", "value_loss", "flat_groups",
+               "tokens_per_s")
+    for name in columns:
+        table.add_column(name.replace("_", " "), justify="right")
+    for entry in online.iterations:
+        table.add_row(*(f"{entry.get(c, float('nan')):.3g}" if c not in ("iteration", "flat_groups")
+                        else str(int(entry.get(c, 0))) for c in columns))
+    return table
+
+
 def run(
     env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
     algo: Annotated[str, typer.Option(help=ALGO_HELP)] = "drift",
@@ -94,6 +108,8 @@ def run(
     drop_unsolved: Annotated[bool | None, typer.Option("--drop-unsolved/--keep-unsolved", help=UNSOLVED_HELP)] = None,
     num_prompts: Annotated[int | None, typer.Option(min=1, help="Rollout prompts (default: the preset's).")] = None,
     n: Annotated[int | None, typer.Option(min=1, help="Trajectories per prompt (default: the preset's).")] = None,
+    iterations: Annotated[int | None, typer.Option(min=1, help="Online algorithms: sample-then-train rounds "
+                                                          "(default: the preset's).")] = None,
     temperature: Annotated[float | None, typer.Option(min=0.0, help="Rollout temperature (default: preset's).")] = None,
     eval_problems: Annotated[int | None, typer.Option(min=1, help="Held-out problems (default: the preset's).")] = None,
     env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
@@ -101,6 +117,9 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
     """Collect rollouts from the reference model, weigh them, train, and evaluate base vs trained.
+
+    Online algorithms (grpo, ppo) instead sample with their current policy every iteration
+    (--num-prompts groups of --n per iteration) and log online_log.jsonl and online_curve.png.
 
     Writes a run directory (config.json, trajectories.jsonl, weighted.jsonl, checkpoint/,
     train_log.jsonl, eval_*.jsonl, metrics.json, multi_at_k.png) and prints base vs trained
@@ -119,6 +138,8 @@ def run(
             lora=lora, learning_rate=lr, epochs=epochs).items() if v is not None})
         p.drift = dataclasses.replace(p.drift, **{k: v for k, v in dict(
             beta=beta, min_weight=min_weight, drop_unsolved_groups=drop_unsolved).items() if v is not None})
+        p.online = dataclasses.replace(p.online, **{k: v for k, v in dict(
+            iterations=iterations, prompts_per_iteration=num_prompts, group_size=n).items() if v is not None})
         if eval_problems is not None:
             p.eval = dataclasses.replace(p.eval, num_problems=eval_problems)
         p.eval = dataclasses.replace(p.eval, seed=seed)
@@ -139,6 +160,9 @@ def run(
         console.print(comparison_table(result.base, result.trained, deltas,
                                        f"{algo} on {env}: {result.base.metrics.episodes} held-out problems, greedy"))
         t = result.train
-        console.print(f"trained on {result.samples} samples ({result.skipped} trajectories skipped), {t.steps} steps, "
-                      f"{t.tokens:,} tokens in {t.elapsed_s:.0f} s ({t.tokens_per_s:.0f} tok/s)")
+        if t is not None:
+            console.print(f"trained on {result.samples} samples ({result.skipped} trajectories skipped), "
+                          f"{t.steps} steps, {t.tokens:,} tokens in {t.elapsed_s:.0f} s ({t.tokens_per_s:.0f} tok/s)")
+        else:
+            console.print(online_table(result.online))
         console.print(f"run directory: [bold]{out}[/] (metrics.json, multi_at_k.png, checkpoint/)")

@@ -13,6 +13,32 @@ from drift_cli.rollout import MODEL_HELP
 from drift_cli.run import ALGO_HELP, MIN_WEIGHT_HELP, UNSOLVED_HELP, RichReporter
 
 
+def file_weights(path: Path) -> list[float] | None:
+    """The ``weight`` column of a trajectory file (written by ``drift weigh``), or ``None`` when rows lack it.
+
+    A file where only some rows have it, or with a weight that is not a finite number >= 0, is an error.
+    """
+    import math
+
+    from drift_algos.records import DataError, iter_rows
+    from drift_algos.weighting import WEIGHT_COLUMN
+
+    weights: list[float | None] = []
+    for where, row in iter_rows(path):
+        value = row.get(WEIGHT_COLUMN)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise DataError(f"{where}: field '{WEIGHT_COLUMN}' must be a finite number >= 0, got {value!r}")
+        weights.append(value)
+    present = [w for w in weights if w is not None]
+    if not present:
+        return None
+    if len(present) != len(weights):
+        missing = next(i for i, w in enumerate(weights) if w is None)
+        raise DataError(f"{path}:{missing + 1}: field '{WEIGHT_COLUMN}' missing (other rows have it)")
+    return [float(w) for w in present]
+
+
 def train(
     trajectories: Annotated[Path, typer.Argument(help="Trajectory JSONL (drift's or the DRIFT release's schema).")],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
@@ -33,11 +59,13 @@ def train(
     """Train a model on trajectories with an algorithm; writes a Hugging Face / PEFT checkpoint."""
     setup_logging(verbose)
     with user_errors(), removed_on_failure(out):
+        from drift_algos.algorithms import Drift, OnlineAlgorithm
         from drift_algos.models import load_model, load_tokenizer
         from drift_algos.pipeline import make_algorithm
         from drift_algos.presets import get_preset
         from drift_algos.records import read_trajectories
         from drift_algos.training import Trainer
+        from drift_algos.weighting import WEIGHT_COLUMN
 
         if not out.parent.exists():
             raise FileNotFoundError(f"parent directory does not exist: {out.parent}")
@@ -47,16 +75,28 @@ def train(
         drift_flags = dict(beta=beta, gamma=gamma, min_weight=min_weight, drop_unsolved_groups=drop_unsolved)
         p.drift = dataclasses.replace(p.drift, **{k: v for k, v in drift_flags.items() if v is not None})
         algorithm = make_algorithm(algo, p)
+        if isinstance(algorithm, OnlineAlgorithm):
+            raise ValueError(f"{algo} samples with its own policy and cannot train on a file; "
+                             f"use: drift run --algo {algo}")
         records = read_trajectories(trajectories)
-        sample_set = algorithm.samples(records)
+        weights = file_weights(trajectories) if isinstance(algorithm, Drift) else None
+        if weights is not None:
+            console.print(f"drift: training on the file's '{WEIGHT_COLUMN}' column (from drift weigh); "
+                          "--beta/--gamma do not apply")
+            sample_set = algorithm.weighted_samples(records, weights)
+        else:
+            if isinstance(algorithm, Drift):
+                console.print(f"drift: no '{WEIGHT_COLUMN}' column; weights computed with beta {p.drift.beta}, "
+                              f"gamma {p.drift.gamma}")
+            sample_set = algorithm.samples(records)
         if not sample_set.samples:
             raise ValueError(f"{algo}: no training samples left from {len(records)} trajectories")
         trainer = Trainer(load_model(model), load_tokenizer(model), p.train)
         out.mkdir(exist_ok=True)
         reporter = RichReporter()
         update = reporter.progress("train")
-        result = trainer.fit(sample_set.samples, loss_fn=algorithm.loss, log_path=out / "train_log.jsonl",
-                             progress=update)
+        result = trainer.fit(sample_set.samples, objective=algorithm.objective(p.train),
+                             log_path=out / "train_log.jsonl", progress=update)
         reporter.done("train")
         trainer.save(out)
         console.print(f"{algo}: {result.samples} samples, {result.steps} steps, final loss {result.final_loss:.4f}, "

@@ -52,6 +52,9 @@ class RolloutConfig:
     """Episodes in flight at once (bounds memory; whole groups are started together)."""
     logprobs: bool = False
     """Record the sampled tokens' log-probabilities per turn (``turn_logprobs``)."""
+    record_token_ids: bool = False
+    """Record each turn's prompt and generated token ids (``turn_prompt_ids``, ``turn_completion_ids``): online
+    algorithms train on exactly those tokens."""
 
     def __post_init__(self) -> None:
         for name in ("num_prompts", "n", "max_new_tokens", "max_live"):
@@ -102,6 +105,8 @@ class _Episode:
     details: dict[str, dict] = field(default_factory=dict)
     turn_tokens: list[int] = field(default_factory=list)
     turn_logprobs: list[float | None] = field(default_factory=list)
+    turn_prompt_ids: list[list[int]] = field(default_factory=list)
+    turn_completion_ids: list[list[int]] = field(default_factory=list)
     format_penalty: float = 0.0
 
 
@@ -201,6 +206,12 @@ class RolloutAgent:
                 episode.rewards.append(float(reward))
                 episode.turn_tokens.append(len(completion.token_ids))
                 episode.turn_logprobs.append(sum(completion.logprobs) if completion.logprobs is not None else None)
+                if cfg.record_token_ids:
+                    if completion.prompt_token_ids is None:
+                        raise ValueError(f"the {self.engine.name} engine does not report prompt token ids; "
+                                         "record_token_ids needs one that does")
+                    episode.turn_prompt_ids.append(list(completion.prompt_token_ids))
+                    episode.turn_completion_ids.append(list(completion.token_ids))
                 penalty = float(info.get("format_penalty", 0.0))
                 episode.format_penalty += penalty
                 episode.details[f"t{turn}"] = {
@@ -262,6 +273,8 @@ class RolloutAgent:
             group_index=episode.group,
             turn_tokens=episode.turn_tokens,
             turn_logprobs=episode.turn_logprobs,
+            turn_prompt_ids=episode.turn_prompt_ids,
+            turn_completion_ids=episode.turn_completion_ids,
             repetition_penalty=rep,
             success=t_star is not None,
         )

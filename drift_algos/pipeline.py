@@ -5,7 +5,10 @@ A run directory holds everything a run made::
     config.json           resolved configuration
     trajectories.jsonl    reference-policy rollouts (or a copy of the given file)
     weighted.jsonl        the same rows with `return` and `weight` (+ weight_stats.json)
-    train_log.jsonl       training metrics per optimiser step
+    train_log.jsonl       training metrics per optimiser step (offline algorithms)
+    online_log.jsonl      metrics per iteration: reward, KL, clip fraction, entropy, tokens/s (online algorithms,
+                          which sample with their current policy instead of trajectories.jsonl and weighted.jsonl;
+                          online_curve.png plots reward and success per iteration)
     checkpoint/           the trained model or LoRA adapter (Hugging Face / PEFT format)
     eval_base.jsonl       evaluation episodes of the reference model (eval_trained.jsonl: trained)
     metrics.json          base vs trained metrics with 95% intervals, costs
@@ -23,9 +26,10 @@ from pathlib import Path
 
 from drift_algos import jsonio
 from drift_algos.agent import RolloutAgent, RolloutSummary
-from drift_algos.algorithms import Drift, OfflineAlgorithm, algorithm_class
+from drift_algos.algorithms import GRPO, PPO, Drift, OfflineAlgorithm, OnlineAlgorithm, algorithm_class
 from drift_algos.engines.transformers_engine import TransformersEngine
 from drift_algos.evaluation import EvalResult, evaluate, paired_difference
+from drift_algos.online import OnlineResult, train_online
 from drift_algos.presets import Preset
 from drift_algos.records import TrajectoryWriter, read_trajectories
 from drift_algos.training import Trainer, TrainResult
@@ -68,8 +72,8 @@ class RunResult:
     """Reference model on the held-out problems."""
     trained: EvalResult
     """Trained model on the same problems."""
-    train: TrainResult
-    """Training costs."""
+    train: TrainResult | None
+    """Training costs (offline algorithms)."""
     rollout: RolloutSummary | None
     """Rollout summary (``None`` when trajectories were given)."""
     out_dir: Path
@@ -78,6 +82,8 @@ class RunResult:
     """Training samples used."""
     skipped: int
     """Trajectories left out by the algorithm."""
+    online: OnlineResult | None = None
+    """The iterations of an online algorithm."""
 
 
 class Reporter:
@@ -94,9 +100,15 @@ class Reporter:
         """The stage has finished."""
 
 
-def make_algorithm(name: str, preset: Preset) -> OfflineAlgorithm:
+def make_algorithm(name: str, preset: Preset) -> OfflineAlgorithm | OnlineAlgorithm:
     cls = algorithm_class(name)
-    return cls(preset.drift) if cls is Drift else cls()
+    if cls is Drift:
+        return Drift(preset.drift)
+    if cls is GRPO:
+        return GRPO(preset.grpo)
+    if cls is PPO:
+        return PPO(preset.ppo)
+    return cls()
 
 
 def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
@@ -123,6 +135,12 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     model = load_model(cfg.model)
     engine = TransformersEngine(model, tokenizer)
 
+    algorithm = make_algorithm(cfg.algo, preset)
+    if isinstance(algorithm, OnlineAlgorithm):
+        if cfg.trajectories is not None:
+            raise ValueError(f"{cfg.algo} samples with its own policy; it cannot start from --trajectories")
+        return _run_online(cfg, algorithm, model, tokenizer, engine, train_env, test_env, env_id, reporter)
+
     traj_path = out / "trajectories.jsonl"
     rollout_summary = None
     if cfg.trajectories is not None:
@@ -146,14 +164,13 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     base = _evaluate(engine, test_env, preset, env_id, cfg.model, out / "eval_base.jsonl", reporter, "eval base")
 
     reporter.stage(f"training ({cfg.algo})")
-    algorithm = make_algorithm(cfg.algo, preset)
     sample_set = algorithm.samples(trajectories)
     if not sample_set.samples:
         raise ValueError(f"{cfg.algo}: no training samples left from {len(trajectories)} trajectories "
                          "(no successful trajectory?); sample more prompts or raise the temperature")
     trainer = Trainer(model, tokenizer, preset.train)
     train_result = trainer.fit(
-        sample_set.samples, loss_fn=algorithm.loss, log_path=out / "train_log.jsonl",
+        sample_set.samples, objective=algorithm.objective(preset.train), log_path=out / "train_log.jsonl",
         progress=reporter.progress("train"),
     )
     reporter.done("train")
@@ -168,6 +185,53 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     _write_metrics(cfg, result, stats.to_dict(), sample_set.weight_mass_skipped)
     plot_multi_at_k(base, trained, out / "multi_at_k.png", title=f"{cfg.algo} on {cfg.env} ({preset.name} preset)")
     return result
+
+
+def _run_online(cfg: RunConfig, algorithm: OnlineAlgorithm, model, tokenizer, engine: TransformersEngine,
+                train_env, test_env, env_id: str, reporter: Reporter) -> RunResult:
+    preset, out = cfg.preset, Path(cfg.out_dir)
+    reporter.stage("evaluating the reference model")
+    base = _evaluate(engine, test_env, preset, env_id, cfg.model, out / "eval_base.jsonl", reporter, "eval base")
+
+    reporter.stage(f"training ({cfg.algo}, online)")
+    trainer = Trainer(model, tokenizer, preset.train)
+    engine.update_weights(trainer.model)  # the trainer may have wrapped the model (LoRA) or cast it to fp32
+    agent = RolloutAgent(engine, train_env, env_id=env_id, model_name=cfg.model)
+    online = train_online(algorithm, agent, trainer, engine, preset.rollout, preset.online, out,
+                          progress=reporter.progress("iterations"))
+    reporter.done("iterations")
+    trainer.save(out / "checkpoint")
+
+    reporter.stage("evaluating the trained model")
+    trained = _evaluate(engine, test_env, preset, env_id, str(out / "checkpoint"), out / "eval_trained.jsonl",
+                        reporter, "eval trained")
+    samples = sum(int(i["samples"]) for i in online.iterations)
+    result = RunResult(base, trained, None, None, out, samples, 0, online)
+    _write_metrics(cfg, result, {}, 0.0)
+    plot_multi_at_k(base, trained, out / "multi_at_k.png", title=f"{cfg.algo} on {cfg.env} ({preset.name} preset)")
+    plot_online_curve(online, out / "online_curve.png", title=f"{cfg.algo} on {cfg.env} ({preset.name} preset)")
+    return result
+
+
+def plot_online_curve(online: OnlineResult, path: Path, *, title: str) -> Path:
+    """Mean reward and success rate of each iteration's samples, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    its = [int(i["iteration"]) for i in online.iterations]
+    ax.plot(its, [i["reward"] for i in online.iterations], marker="o", label="mean return")
+    ax.plot(its, [i["success"] for i in online.iterations], marker="s", label="success rate")
+    ax.set_xlabel("iteration")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _evaluate(engine, make_env, preset: Preset, env_id: str, model_name: str, path: Path, reporter: Reporter,
@@ -192,14 +256,20 @@ def _write_metrics(cfg: RunConfig, result: RunResult, weight_stats: dict, mass_s
                    "accuracy_per_turn": s.metrics.accuracy, "generated_tokens": s.generated_tokens,
                    "elapsed_s": s.elapsed_s, "tokens_per_s": s.tokens_per_s}
     t = result.train
+    if t is not None:
+        train = {"samples": result.samples, "skipped_trajectories": result.skipped,
+                 "weight_mass_skipped": mass_skipped, "steps": t.steps, "tokens": t.tokens,
+                 "target_tokens": t.target_tokens, "elapsed_s": t.elapsed_s, "tokens_per_s": t.tokens_per_s,
+                 "final_loss": t.final_loss}
+    else:
+        o = result.online
+        train = {"samples": result.samples, "iterations": len(o.iterations), "generated_tokens": o.generated_tokens,
+                 "tokens": o.trained_tokens, "elapsed_s": o.elapsed_s,
+                 "final_reward": o.iterations[-1]["reward"] if o.iterations else None}
     metrics = {
         "algo": cfg.algo, "env": cfg.env, "model": cfg.model, "preset": cfg.preset.name,
         "base": result.base.to_dict(), "trained": result.trained.to_dict(), "paired_difference": deltas,
-        "rollout": rollout, "weights": weight_stats,
-        "train": {"samples": result.samples, "skipped_trajectories": result.skipped,
-                  "weight_mass_skipped": mass_skipped, "steps": t.steps, "tokens": t.tokens,
-                  "target_tokens": t.target_tokens, "elapsed_s": t.elapsed_s, "tokens_per_s": t.tokens_per_s,
-                  "final_loss": t.final_loss},
+        "rollout": rollout, "weights": weight_stats or None, "train": train,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     (result.out_dir / "metrics.json").write_text(jsonio.dumps(metrics) + "\n")

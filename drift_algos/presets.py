@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 
 from drift_algos.agent import RolloutConfig
 from drift_algos.algorithms.drift import DriftConfig
+from drift_algos.algorithms.grpo import GRPOConfig
+from drift_algos.algorithms.ppo import PPOConfig
 from drift_algos.evaluation import EvalConfig
+from drift_algos.online import OnlineConfig
 from drift_algos.training import TrainConfig
 
 
@@ -34,6 +37,13 @@ class Preset:
     """Held-out evaluation."""
     env_args: dict[str, object] = field(default_factory=dict)
     """Environment settings the preset relies on (applied when the environment accepts them)."""
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    """Online algorithms' loop (iterations, prompts and group size per iteration); sampling settings come from
+    ``rollout``, optimisation from ``train`` (epochs per iteration, mini-batch size)."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """GRPO's settings."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO's settings."""
 
 
 def smoke() -> Preset:
@@ -45,6 +55,9 @@ def smoke() -> Preset:
         drift=DriftConfig(),
         train=TrainConfig(learning_rate=1e-5, epochs=1, batch_size=4),
         eval=EvalConfig(num_problems=16, bootstrap_samples=200),
+        online=OnlineConfig(iterations=2, prompts_per_iteration=4, group_size=2),
+        grpo=GRPOConfig(kl_coef=0.04),
+        ppo=PPOConfig(kl_coef=0.04),
     )
 
 
@@ -56,6 +69,12 @@ def default() -> Preset:
         drift=DriftConfig(gamma=0.9, beta=0.1, min_weight=0.01, drop_unsolved_groups=True),
         train=TrainConfig(learning_rate=1e-5, epochs=2, batch_size=8),
         eval=EvalConfig(num_problems=200),
+        # Online: 6 iterations of 8 prompts x 4 = 192 trajectories. Measured on the shared 2-core CPU: a smoke
+        # iteration (4 x 2, 1 epoch) took 31 s once warm (118 s the first), so expect a few minutes an
+        # iteration here (not timed).
+        online=OnlineConfig(iterations=6, prompts_per_iteration=8, group_size=4),
+        grpo=GRPOConfig(kl_coef=0.04),
+        ppo=PPOConfig(kl_coef=0.04),
     )
 
 

@@ -75,6 +75,10 @@ class Trajectory:
     """Generated tokens per turn."""
     turn_logprobs: list[float | None] = field(default_factory=list)
     """Sum of the sampled tokens' log-probabilities per turn (``None`` where the engine gives none)."""
+    turn_prompt_ids: list[list[int]] = field(default_factory=list)
+    """Per turn, the prompt token ids the engine saw (recorded when ``RolloutConfig.record_token_ids``)."""
+    turn_completion_ids: list[list[int]] = field(default_factory=list)
+    """Per turn, the token ids the engine generated (recorded when ``RolloutConfig.record_token_ids``)."""
     repetition_penalty: float | None = None
     """Repetition penalty the environment charged; ``None``: recompute from ``answer_norms``."""
     success: bool = False
@@ -183,6 +187,8 @@ class Trajectory:
             group_index=group_index,
             turn_tokens=list(row.get("turn_tokens") or []),
             turn_logprobs=list(row.get("turn_logprobs") or []),
+            turn_prompt_ids=_id_lists(row.get("turn_prompt_ids"), "turn_prompt_ids", where),
+            turn_completion_ids=_id_lists(row.get("turn_completion_ids"), "turn_completion_ids", where),
             repetition_penalty=repetition,
             success=success,
         )
@@ -249,6 +255,16 @@ class TrajectoryWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _id_lists(value: Any, name: str, where: str) -> list[list[int]]:
+    """An optional list of token-id lists (absent in older files: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(ids, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids) for ids in value):
+        raise DataError(f"{where}: field '{name}' must be a list of token-id lists")
+    return [list(ids) for ids in value]
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:

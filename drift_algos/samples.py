@@ -35,6 +35,9 @@ class Sample:
     """Per-sample loss weight (DRIFT: the importance weight)."""
     prompt_id: str = ""
     """Group the sample came from (for diagnostics)."""
+    recorded: TokenizedSample | None = None
+    """The last turn exactly as the rollout engine tokenised it (when the record has token ids); trained on
+    instead of re-rendering the text when ``TrainConfig.recorded_ids``."""
 
 
 @dataclass
@@ -47,6 +50,16 @@ class TokenizedSample:
     """True where the token is a target (its NLL counts)."""
     weight: float
     """Per-sample loss weight."""
+    advantages: list[float] | None = None
+    """Per-token coefficient (online algorithms), aligned with ``input_ids``."""
+    old_logprobs: list[float] | None = None
+    """Sampling policy's log-prob of each token (0 at position 0), aligned with ``input_ids``."""
+    ref_logprobs: list[float] | None = None
+    """Reference policy's log-prob of each token, aligned with ``input_ids``."""
+    old_values: list[float] | None = None
+    """Value estimates before the update (PPO), aligned with ``input_ids``."""
+    returns: list[float] | None = None
+    """Value targets (PPO), aligned with ``input_ids``."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -93,3 +106,19 @@ def tokenize_sample(
         cut = len(ids) - budget
         ids, mask = ids[cut:], mask[cut:]
     return TokenizedSample(ids, mask, float(sample.weight))
+
+
+def turn_samples(trajectory, *, weight: float = 1.0) -> list[TokenizedSample]:
+    """One sample per assistant turn from the ids the engine recorded (``turn_prompt_ids`` and
+    ``turn_completion_ids``): the prompt exactly as the engine saw it, masked, then exactly the generated ids.
+
+    Environment-written text (feedback) only ever appears inside a later turn's prompt, so it is always masked.
+    Each turn is its own sequence because the engine re-encoded the whole conversation for every turn: gluing
+    turns together would pair a turn's tokens with a context the model never saw.
+    """
+    prompts, completions = trajectory.turn_prompt_ids, trajectory.turn_completion_ids
+    if not completions or len(prompts) != len(completions):
+        raise ValueError(f"trajectory {trajectory.prompt_id!r} has no recorded token ids (rollouts need "
+                         "RolloutConfig(record_token_ids=True))")
+    return [TokenizedSample(list(p) + list(c), [False] * len(p) + [True] * len(c), weight)
+            for p, c in zip(prompts, completions, strict=True)]

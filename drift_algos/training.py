@@ -1,11 +1,14 @@
 """The shared training core: one loop for every algorithm.
 
 An algorithm hands the trainer :class:`~drift_algos.samples.Sample` objects (a
-conversation and a weight) and a loss of per-sample NLL and weights; the trainer does
-tokenisation and loss masks, length-bucketed batches, gradient accumulation, AdamW with
-warm-up and a schedule, gradient clipping, LoRA (peft) or full fine-tuning, bf16 on CUDA and
-fp32 on CPU, device placement through accelerate, checkpoints in Hugging Face / PEFT format
-and a JSONL metrics log.
+conversation and a weight) or already tokenised samples (online algorithms: the engine's own
+token ids with per-token advantages and log-probs), and an
+:class:`~drift_algos.objectives.Objective`, a loss of the policy's per-token log-probs; the
+trainer does tokenisation and loss masks, length-bucketed batches, exact gradient accumulation
+(the objective's normaliser spans the optimiser step), AdamW with warm-up and a schedule,
+gradient clipping, LoRA (peft) or full fine-tuning, fp32 master weights (bf16 autocast on
+CUDA), device placement through accelerate, checkpoints in Hugging Face / PEFT format and a
+JSONL metrics log.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from drift_algos.losses import sequence_nll, weighted_nll_loss
+from drift_algos.losses import SequenceLoss, token_logprobs
+from drift_algos.objectives import Objective, WeightedNLL
 from drift_algos.samples import LossTarget, Sample, TokenizedSample, tokenize_sample
 
 logger = logging.getLogger(__name__)
@@ -63,7 +67,13 @@ class TrainConfig:
     loss_target: LossTarget = LossTarget.LAST
     """``last`` assistant message (release) or ``all`` assistant messages."""
     normalise_weights: bool = False
-    """Batch loss ``sum w*nll / sum w`` instead of ``mean w*nll``."""
+    """Weighted-NLL batch loss ``sum w*nll / sum w`` instead of ``mean w*nll``, over each optimiser step's batch."""
+    recorded_ids: bool = False
+    """Offline: train on the token ids the rollout engine recorded (``turn_prompt_ids``/``turn_completion_ids``,
+    last turn) instead of re-rendering the conversation's text (the release's way, the default)."""
+    sequence_loss: SequenceLoss = SequenceLoss.TOKEN_MEAN
+    """A sample's NLL: mean over its target tokens (the release's; default, it reproduces the published result)
+    or their sum (the derivation's objective, ``-log pi(y|x)``)."""
     lora: bool = False
     """Train a LoRA adapter (peft) instead of all weights."""
     lora_r: int = 16
@@ -82,6 +92,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.schedule)
         self.loss_target = LossTarget(self.loss_target)
+        self.sequence_loss = SequenceLoss(self.sequence_loss)
         self.lora_targets = tuple(self.lora_targets)
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
@@ -119,12 +130,9 @@ class TrainResult:
         return self.tokens / self.elapsed_s if self.elapsed_s > 0 else float("nan")
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss(nll (B,), weights (B,)) -> scalar``."""
-
-
-def default_loss(normalise: bool) -> LossFn:
-    return lambda nll, weights: weighted_nll_loss(nll, weights, normalise=normalise)
+def default_objective(cfg: TrainConfig) -> WeightedNLL:
+    """Weighted SFT with the config's normalisation and sequence loss (what DRIFT, SFT and RFT train with)."""
+    return WeightedNLL(normalise=cfg.normalise_weights, reduction=cfg.sequence_loss)
 
 
 def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -154,7 +162,14 @@ def collate(samples: Sequence[TokenizedSample], pad_id: int) -> dict[str, torch.
         mask[row, : len(s)] = torch.tensor(s.loss_mask)
         attention[row, : len(s)] = 1
     weights = torch.tensor([s.weight for s in samples], dtype=torch.float32)  # (B,)
-    return {"input_ids": ids, "loss_mask": mask, "attention_mask": attention, "weights": weights}
+    batch = {"input_ids": ids, "loss_mask": mask, "attention_mask": attention, "weights": weights}
+    for name in ("advantages", "old_logprobs", "ref_logprobs", "old_values", "returns"):
+        if getattr(samples[0], name) is not None:
+            values = torch.zeros((len(samples), width), dtype=torch.float32)  # (B, T)
+            for row, s in enumerate(samples):
+                values[row, : len(s)] = torch.tensor(getattr(s, name), dtype=torch.float32)
+            batch[name] = values
+    return batch
 
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -188,6 +203,7 @@ class Trainer:
         self.tokenizer = tokenizer
         cuda = torch.cuda.is_available()
         # Accumulation is done here (see fit): accelerate's counter does not apply a short last window.
+        # bf16 on CUDA is autocast over fp32 weights: updating bf16 weights directly rounds small-lr steps away.
         self.accelerator = Accelerator(mixed_precision="bf16" if cuda else "no")
         torch.manual_seed(cfg.seed)
         if cfg.lora:
@@ -199,29 +215,88 @@ class Trainer:
             model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                      lora_dropout=cfg.lora_dropout, target_modules=targets,
                                                      task_type="CAUSAL_LM"))
-        if not cuda:
-            model = model.to(torch.float32)  # fp32 on CPU: bf16 matmuls are slow there
+        model = model.to(torch.float32)  # fp32 master weights (on CPU bf16 matmuls are also slow)
         model.train()
         self.model = model
 
-    def tokenize(self, samples: Sequence[Sample]) -> list[TokenizedSample]:
+    def tokenize(self, samples: Sequence[Sample | TokenizedSample]) -> list[TokenizedSample]:
+        """Token ids and loss masks; already tokenised samples (an engine's own ids) pass through unchanged."""
         cfg = self.cfg
-        return [tokenize_sample(self.tokenizer, s, target=cfg.loss_target, max_prompt_tokens=cfg.max_prompt_tokens,
-                                max_completion_tokens=cfg.max_completion_tokens) for s in samples]
+        if cfg.recorded_ids:
+            if cfg.loss_target is not LossTarget.LAST:
+                raise ValueError("recorded_ids trains the last turn only; use loss_target 'last'")
+            missing = next((s for s in samples if isinstance(s, Sample) and s.recorded is None), None)
+            if missing is not None:
+                raise ValueError(f"sample {missing.prompt_id!r} has no recorded token ids (roll out with "
+                                 "record_token_ids) and recorded_ids is set")
+            samples = [s.recorded if isinstance(s, Sample) else s for s in samples]
+        return [s if isinstance(s, TokenizedSample) else tokenize_sample(
+            self.tokenizer, s, target=cfg.loss_target, max_prompt_tokens=cfg.max_prompt_tokens,
+            max_completion_tokens=cfg.max_completion_tokens) for s in samples]
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    @torch.no_grad()
+    def hidden_states(self, samples: Sequence[TokenizedSample], head: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> list[list[float]]:
+        """``head`` (e.g. a value head) applied to the policy's last hidden states, per token, aligned like
+        :meth:`logprobs` (position 0: 0; position t: ``head`` of the state after tokens < t)."""
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out: list[list[float]] = []
+        for start in range(0, len(samples), self.cfg.batch_size):
+            part = samples[start : start + self.cfg.batch_size]
+            batch = {k: v.to(device) for k, v in collate(part, self.pad_id).items()}
+            with self.accelerator.autocast():
+                hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    output_hidden_states=True).hidden_states[-1]  # (B, T, H)
+            values = head(hidden[:, :-1]).float().cpu()  # (B, T-1)
+            out += [[0.0] + values[row, : len(s) - 1].tolist() for row, s in enumerate(part)]
+        self.model.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def logprobs(self, samples: Sequence[TokenizedSample], model=None) -> list[list[float]]:
+        """Per-token log-probs of each sample's tokens under ``model`` (default: the policy), aligned with its ids.
+
+        Position 0 has no prediction and gets 0. Online algorithms use it for the sampling policy's and the
+        reference policy's log-probs of exactly the tokens trained on.
+        """
+        model = model if model is not None else self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out: list[list[float]] = []
+        for start in range(0, len(samples), self.cfg.batch_size):
+            part = samples[start : start + self.cfg.batch_size]
+            batch = {k: v.to(device) for k, v in collate(part, self.pad_id).items()}
+            with self.accelerator.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logp = token_logprobs(logits, batch["input_ids"]).cpu()  # (B, T-1)
+            out += [[0.0] + logp[row, : len(s) - 1].tolist() for row, s in enumerate(part)]
+        model.train(was_training)
+        return out
 
     def fit(
         self,
-        samples: Sequence[Sample],
+        samples: Sequence[Sample | TokenizedSample],
         *,
-        loss_fn: LossFn | None = None,
+        objective: Objective | None = None,
         log_path: Path | None = None,
         progress: Callable[[int, int, float], None] | None = None,
     ) -> TrainResult:
-        """Train on ``samples`` for ``cfg.epochs`` epochs; ``progress(step, total_steps, loss)``."""
+        """Train on ``samples`` for ``cfg.epochs`` epochs; ``progress(step, total_steps, loss)``.
+
+        ``objective`` defaults to the weighted NLL of the config (:func:`default_objective`).
+        """
         cfg = self.cfg
         if not samples:
             raise ValueError("no samples to train on")
-        loss_fn = loss_fn or default_loss(cfg.normalise_weights)
+        objective = objective or default_objective(cfg)
         data = self.tokenize(samples)
         rng = random.Random(cfg.seed)
         micro_per_epoch = math.ceil(len(data) / cfg.batch_size)
@@ -230,12 +305,16 @@ class Trainer:
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        own = objective.parameters()
+        if own:
+            objective.to(self.accelerator.device)
+            groups.append({"params": own, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
+        self.model.train()  # a second fit (online iterations) starts from the eval mode the first left
         model, optimizer, scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
         device = self.accelerator.device
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         log = log_path.open("a", encoding="utf-8") if log_path is not None else None
         history: list[dict[str, float]] = []
         step = tokens = target_tokens = 0
@@ -245,44 +324,54 @@ class Trainer:
             for epoch in range(cfg.epochs):
                 epoch_losses = []
                 batches = bucketed_batches([len(s) for s in data], cfg.batch_size, rng)
-                window_loss, window_n = 0.0, 0
-                for b, batch_indices in enumerate(batches):
-                    # Windows of grad_accum micro-batches; the epoch's last window may be shorter and is
-                    # applied too, with the loss scaled by its real size.
-                    window_start = b - b % cfg.grad_accum
-                    window_size = min(cfg.grad_accum, len(batches) - window_start)
-                    batch = {k: v.to(device) for k, v in collate([data[i] for i in batch_indices], pad_id).items()}
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    nll = sequence_nll(logits, batch["input_ids"], batch["loss_mask"])  # (B,)
-                    loss = loss_fn(nll, batch["weights"])
-                    self.accelerator.backward(loss / window_size)
-                    tokens += int(batch["attention_mask"].sum())
-                    target_tokens += int(batch["loss_mask"].sum())
-                    window_loss += float(loss.detach())
-                    window_n += 1
-                    epoch_losses.append(float(loss.detach()))
-                    if b + 1 - window_start < window_size:
-                        continue
+                # Windows of grad_accum micro-batches, one optimiser step each; the epoch's last may be shorter.
+                windows = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+                logged_losses: list[float] = []
+                metrics: dict[str, float] = {}
+                for w, window in enumerate(windows):
+                    micro = [{k: v.to(device) for k, v in collate([data[i] for i in indices], self.pad_id).items()}
+                             for indices in window]
+                    # The step's normaliser over all its micro-batches: accumulation equals one large batch.
+                    denominator = sum(objective.denominator(batch) for batch in micro)
+                    step_loss = 0.0
+                    for batch in micro:
+                        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       output_hidden_states=objective.needs_hidden)
+                        if objective.needs_hidden:
+                            batch["hidden"] = output.hidden_states[-1]  # (B, T, H)
+                        logp = token_logprobs(output.logits, batch["input_ids"])  # (B, T-1)
+                        numerator, extra = objective.numerator(logp, batch)
+                        # A zero normaliser (every weight 0) means a zero loss, still through the graph.
+                        loss = numerator / denominator if float(denominator) > 0 else numerator * 0
+                        self.accelerator.backward(loss)
+                        step_loss += float(loss.detach())
+                        tokens += int(batch["attention_mask"].sum())
+                        target_tokens += int(batch["loss_mask"].sum())
+                        for key, value in extra.items():
+                            metrics[key] = metrics.get(key, 0.0) + value
                     grad_norm = float("nan")
                     if cfg.max_grad_norm > 0:
-                        grad_norm = float(self.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                        grad_norm = float(self.accelerator.clip_grad_norm_(list(model.parameters()) + own,
+                                                                           cfg.max_grad_norm))
                     lr = scheduler.get_last_lr()[0]  # the rate this step uses
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
                     step += 1
-                    if step % cfg.log_every == 0 or b == len(batches) - 1:
+                    epoch_losses.append(step_loss)
+                    logged_losses.append(step_loss)
+                    if step % cfg.log_every == 0 or w == len(windows) - 1:
                         elapsed = time.perf_counter() - start
-                        entry = {"step": step, "epoch": epoch + (b + 1) / len(batches),
-                                 "loss": window_loss / window_n, "lr": lr, "grad_norm": grad_norm,
-                                 "tokens": tokens, "tokens_per_s": tokens / elapsed}
+                        entry = {"step": step, "epoch": epoch + (w + 1) / len(windows),
+                                 "loss": sum(logged_losses) / len(logged_losses), "lr": lr, "grad_norm": grad_norm,
+                                 "tokens": tokens, "tokens_per_s": tokens / elapsed, **metrics}
                         history.append(entry)
                         if log is not None:
                             log.write(json.dumps(entry) + "\n")
                             log.flush()
-                        window_loss, window_n = 0.0, 0
+                        logged_losses, metrics = [], {}
                     if progress is not None:
-                        progress(step, total_steps, epoch_losses[-1])
+                        progress(step, total_steps, step_loss)
         finally:
             if log is not None:
                 log.close()

@@ -60,8 +60,10 @@ Reply = Callable[[Sequence[Message], SamplingParams], str]
 class ScriptedEngine(Engine):
     """An engine whose completions come from a function of the conversation (no model).
 
-    Token ids are one id per character and each log-prob (when asked for) is -0.5, so token counts and
-    log-prob sums in records can be checked exactly. Every call is kept in :attr:`calls`.
+    Its tokenizer is character-level: a text's token ids are its characters' code points (``decode`` is
+    ``"".join(map(chr, ids))``), for the completion and for the prompt it was fed (each message rendered as
+    ``role: content`` lines, then the reply prefix), so recorded ids can be checked against the text they encode
+    and token counts stay exact. Each log-prob (when asked for) is -0.5. Every call is kept in :attr:`calls`.
     """
 
     name = "scripted"
@@ -78,13 +80,23 @@ class ScriptedEngine(Engine):
         self.calls.append(([list(c) for c in conversations], params, prefixes))
         self.seeds.append(list(seeds) if seeds is not None else None)
         out = []
-        for conversation in conversations:
+        for conversation, prefix in zip(conversations, prefixes, strict=True):
             text = self.reply(conversation, params)
             logprobs = [-0.5] * len(text) if params.logprobs else None
-            out.append([Completion(text=text, token_ids=list(range(len(text))), logprobs=logprobs,
-                                   prompt_tokens=sum(len(m["content"]) for m in conversation), finish_reason="stop")
+            prompt = self.encode("".join(f"{m['role']}: {m['content']}\n" for m in conversation) + prefix)
+            out.append([Completion(text=text, token_ids=self.encode(text), logprobs=logprobs,
+                                   prompt_tokens=sum(len(m["content"]) for m in conversation), finish_reason="stop",
+                                   prompt_token_ids=prompt)
                         for _ in range(params.n)])
         return out
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    @staticmethod
+    def decode(ids: Sequence[int]) -> str:
+        return "".join(map(chr, ids))
 
 
 @pytest.fixture()

@@ -8,10 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from drift_algos.algorithms import ALGORITHMS, SFT, Drift, DriftConfig, OfflineAlgorithm, RejectionSFT
+from drift_algos.algorithms import (
+    ALGORITHMS,
+    SFT,
+    Drift,
+    DriftConfig,
+    OfflineAlgorithm,
+    OnlineAlgorithm,
+    RejectionSFT,
+)
 from drift_algos.pipeline import make_algorithm
 from drift_algos.presets import smoke
 from drift_algos.records import Trajectory
+from drift_algos.samples import tokenize_sample
 from drift_algos.training import TrainConfig, Trainer
 
 
@@ -96,10 +105,20 @@ def test_min_weight_and_drop_unsolved_together(trajectories: list[Trajectory]) -
     assert result.weight_mass_skipped == pytest.approx((w[2] + 4) / 7)
 
 
-def test_drift_loss_mean_or_normalised() -> None:
-    nll, weights = torch.tensor([1.0, 3.0]), torch.tensor([1.0, 2.0])
-    assert Drift(DriftConfig(normalise_weights=True)).loss(nll, weights).item() == pytest.approx(7.0 / 3.0)
-    assert Drift().loss(nll, weights).item() == pytest.approx(7.0 / 2.0)
+def test_drift_objective_is_the_training_configs_weighted_nll() -> None:
+    # Two samples, one target token each: log-probs -1 and -3, weights 1 and 2 -> sum w nll = 1 + 6 = 7.
+    logprobs = torch.tensor([[0.0, -1.0], [0.0, -3.0]])  # (B, T-1)
+    batch = {"loss_mask": torch.tensor([[False, False, True], [False, False, True]]),
+             "weights": torch.tensor([1.0, 2.0])}
+    for normalise, expected in ((False, 7.0 / 2.0), (True, 7.0 / 3.0)):
+        objective = Drift().objective(TrainConfig(normalise_weights=normalise))
+        numerator, _ = objective.numerator(logprobs, batch)
+        assert (numerator / objective.denominator(batch)).item() == pytest.approx(expected)
+
+
+def test_drift_config_has_no_second_normalise_setting() -> None:
+    with pytest.raises(TypeError):
+        DriftConfig(normalise_weights=True)  # one setting: TrainConfig.normalise_weights
 
 
 def test_drift_needs_trajectories() -> None:
@@ -131,12 +150,13 @@ def test_rft_keeps_only_successes(trajectories: list[Trajectory]) -> None:
 
 
 def test_registry_names() -> None:
-    assert set(ALGORITHMS) == {"drift", "sft", "rft"}
+    assert set(ALGORITHMS) == {"drift", "sft", "rft", "grpo", "ppo"}
     for name, cls in ALGORITHMS.items():
-        assert cls.name == name and issubclass(cls, OfflineAlgorithm)
+        online = name in ("grpo", "ppo")
+        assert cls.name == name and issubclass(cls, OnlineAlgorithm if online else OfflineAlgorithm)
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", sorted(n for n, cls in ALGORITHMS.items() if issubclass(cls, OfflineAlgorithm)))
 def test_every_algorithm_yields_samples_and_a_finite_loss(name: str, trajectories: list[Trajectory],
                                                           tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
@@ -151,9 +171,20 @@ def test_every_algorithm_yields_samples_and_a_finite_loss(name: str, trajectorie
     assert len(sample_set.samples) + sample_set.skipped == len(trajectories)
     assert all(s.weight >= 0 and math.isfinite(s.weight) for s in sample_set.samples)
 
-    trainer = Trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), load_tokenizer(str(tiny_model_dir)),
-                      TrainConfig(learning_rate=1e-3, batch_size=4, warmup_ratio=0.0))
-    result = trainer.fit(sample_set.samples, loss_fn=algorithm.loss)
-    assert result.samples == len(sample_set.samples)
-    assert math.isfinite(result.final_loss) and result.final_loss > 0
-    assert all(math.isfinite(h["loss"]) for h in result.history)
+    cfg = TrainConfig(learning_rate=1e-3, batch_size=64, warmup_ratio=0.0)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    # The loss by hand, before the step: sum_i w_i * (mean target-token NLL of sample i) / number of samples.
+    expected = 0.0
+    for sample in sample_set.samples:
+        t = tokenize_sample(tokenizer, sample)
+        ids = torch.tensor([t.input_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)  # (T, V)
+        nll = [-float(logp[i - 1, t.input_ids[i]]) for i in range(1, len(t)) if t.loss_mask[i]]
+        expected += sample.weight * sum(nll) / len(nll)
+    expected /= len(sample_set.samples)
+    trainer = Trainer(model, tokenizer, cfg)
+    result = trainer.fit(sample_set.samples, objective=algorithm.objective(cfg))
+    assert result.samples == len(sample_set.samples) and result.steps == 1
+    assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-5)

@@ -336,8 +336,8 @@ def test_pipeline_refuses_an_algorithm_without_samples(tiny_model_dir: Path, tmp
 
 
 def test_run_config_validation(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
-        RunConfig(env="math", model="m", algo="ppo", preset=tiny_preset(), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown algorithm 'a2c'"):
+        RunConfig(env="math", model="m", algo="a2c", preset=tiny_preset(), out_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="trajectories file not found"):
         RunConfig(env="math", model="m", algo="drift", preset=tiny_preset(), out_dir=tmp_path,
                   trajectories=tmp_path / "missing.jsonl")

@@ -347,3 +347,79 @@ def test_train_config_coerces_strings() -> None:
 def test_train_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
+
+
+# -- the objective over an optimiser step ----------------------------------------------------------------------
+
+
+def test_per_sample_nll_token_mean_and_sum_by_hand() -> None:
+    from drift_algos.losses import SequenceLoss, per_sample_nll
+
+    logprobs = torch.tensor([[-1.0, -2.0, -4.0], [-0.5, -8.0, -1.0]])  # (B, T-1)
+    mask = torch.tensor([[False, True, True], [True, False, False]])
+    assert per_sample_nll(logprobs, mask).tolist() == pytest.approx([3.0, 0.5])  # (2 + 4) / 2, 0.5 / 1
+    assert per_sample_nll(logprobs, mask, SequenceLoss.SUM).tolist() == pytest.approx([6.0, 0.5])
+    assert per_sample_nll(logprobs, torch.zeros_like(mask)).tolist() == [0.0, 0.0]
+
+
+LENGTHY = [Sample([USER, {"role": "assistant", "content": content}], weight=w) for content, w in (
+    ("<answer>85</answer>", 3.0), ("<answer>84</answer> Incorrect", 0.2), ("85", 1.0), ("A B C D", 0.5),
+    ("def return python 12 + 10", 1.5))]
+
+
+@pytest.mark.parametrize("normalise", [False, True])
+@pytest.mark.parametrize("sequence_loss", ["token-mean", "sum"])
+def test_gradient_accumulation_equals_one_large_batch(tiny_model_dir: Path, normalise: bool,
+                                                      sequence_loss: str) -> None:
+    # 5 samples as micro-batches of 2, 2 and 1 in one optimiser step must move the weights as one batch of 5:
+    # the short last micro-batch counts for its one sample, and sum w nll / sum w spans all five.
+    def train(batch_size: int, grad_accum: int):
+        cfg = TrainConfig(learning_rate=1e-2, batch_size=batch_size, grad_accum=grad_accum, warmup_ratio=0.0,
+                          normalise_weights=normalise, sequence_loss=sequence_loss, max_grad_norm=0.0)
+        model = fresh_model(tiny_model_dir)
+        grads: dict[str, torch.Tensor] = {}  # the gradient accumulated so far, seen after each backward
+        for name, param in model.named_parameters():
+            param.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.clone()))
+        result = Trainer(model, load_tokenizer(str(tiny_model_dir)), cfg).fit(LENGTHY)
+        assert result.steps == 1
+        return result.history[0]["loss"], grads
+
+    big_loss, big = train(5, 1)
+    small_loss, small = train(2, 3)
+    assert small_loss == pytest.approx(big_loss, rel=1e-5)
+    assert set(small) == set(big)
+    for name, grad in big.items():
+        torch.testing.assert_close(small[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_sequence_sum_loss_is_the_reply_log_likelihood(tiny_model_dir: Path, tokenizer) -> None:
+    model = fresh_model(tiny_model_dir)
+    samples = [Sample(CONVERSATION, weight=2.0), Sample(LENGTHY[4].messages, weight=0.5)]
+    expected = sum(-s.weight * response_logp(model, tokenizer, s.messages) for s in samples) / 2
+    cfg = TrainConfig(learning_rate=1e-3, batch_size=2, warmup_ratio=0.0, sequence_loss="sum")
+    result = Trainer(model, tokenizer, cfg).fit(samples)
+    assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_zero_total_weight_normalised_gives_zero_loss_and_no_change(tiny_model_dir: Path, tokenizer) -> None:
+    model = fresh_model(tiny_model_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(learning_rate=1e-2, batch_size=2, warmup_ratio=0.0, normalise_weights=True, weight_decay=0.0)
+    result = Trainer(model, tokenizer, cfg).fit([Sample(CONVERSATION, weight=0.0)] * 2)
+    assert result.history[0]["loss"] == 0.0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_small_lr_step_changes_the_weights_on_cuda(tiny_model_dir: Path, tokenizer) -> None:
+    # bf16 weights would round a 5e-6 update away; fp32 master weights under bf16 autocast keep it.
+    model = fresh_model(tiny_model_dir).to(torch.bfloat16)
+    before = {k: v.detach().float().cpu().clone() for k, v in model.named_parameters()}
+    cfg = TrainConfig(learning_rate=5e-6, batch_size=2, warmup_ratio=0.0, max_grad_norm=0.0)
+    trainer = Trainer(model, tokenizer, cfg)
+    trainer.fit([Sample(CONVERSATION)] * 2)
+    after = dict(trainer.model.named_parameters())
+    assert after["model.embed_tokens.weight"].dtype == torch.float32
+    changed = sum(not torch.equal(after[k].detach().float().cpu(), v) for k, v in before.items())
+    assert changed >= len(before) - 2  # every matrix moved (norm weights may sit at a stationary point)

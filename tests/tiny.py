@@ -15,7 +15,8 @@ _CORPUS = [
 ] * 20
 
 
-def build_tokenizer():
+def build_tokenizer(corpus: list[str] | None = None):
+    """The tiny BPE tokenizer, trained on ``corpus`` (default: the tiny model's own)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -26,7 +27,7 @@ def build_tokenizer():
         vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    raw.train_from_iterator(_CORPUS, trainer)
+    raw.train_from_iterator(_CORPUS if corpus is None else corpus, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                   pad_token="<|endoftext|>")
     tok.chat_template = CHAT_TEMPLATE

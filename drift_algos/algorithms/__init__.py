@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from drift_algos.algorithms.base import OfflineAlgorithm, SampleSet
+from drift_algos.algorithms.base import OfflineAlgorithm, OnlineAlgorithm, OnlineBatch, SampleSet
 from drift_algos.algorithms.drift import Drift, DriftConfig
+from drift_algos.algorithms.grpo import GRPO, GRPOConfig
+from drift_algos.algorithms.ppo import PPO, PPOConfig
 from drift_algos.algorithms.sft import SFT, RejectionSFT
 
-ALGORITHMS: dict[str, type[OfflineAlgorithm]] = {cls.name: cls for cls in (Drift, SFT, RejectionSFT)}
+ALGORITHMS: dict[str, type[OfflineAlgorithm] | type[OnlineAlgorithm]] = {
+    cls.name: cls for cls in (Drift, SFT, RejectionSFT, GRPO, PPO)}
 """Algorithms by ``--algo`` name."""
 
 
-
-def algorithm_class(name: str) -> type[OfflineAlgorithm]:
+def algorithm_class(name: str) -> type[OfflineAlgorithm] | type[OnlineAlgorithm]:
     """The algorithm called ``name``; a :class:`ValueError` lists the known ones."""
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{name}' (available: {', '.join(ALGORITHMS)})")
@@ -19,5 +21,6 @@ def algorithm_class(name: str) -> type[OfflineAlgorithm]:
 
 
 __all__ = [
-    "ALGORITHMS", "SFT", "Drift", "DriftConfig", "OfflineAlgorithm", "RejectionSFT", "SampleSet", "algorithm_class",
+    "ALGORITHMS", "GRPO", "SFT", "Drift", "DriftConfig", "GRPOConfig", "OfflineAlgorithm", "OnlineAlgorithm",
+    "OnlineBatch", "PPO", "PPOConfig", "RejectionSFT", "SampleSet", "algorithm_class",
 ]

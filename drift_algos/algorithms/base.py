@@ -1,4 +1,8 @@
-"""What an offline algorithm is: how trajectories become weighted samples, and its loss."""
+"""What an algorithm is: how trajectories become samples (and coefficients), and its loss.
+
+Offline algorithms (DRIFT, SFT, RFT) train once on a fixed file; online ones (GRPO, PPO) are run by the loop
+of :mod:`drift_algos.online`, which samples with the current policy and hands them each iteration's trajectories.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
-from drift_algos.losses import weighted_nll_loss
+from drift_algos.objectives import Objective
 from drift_algos.records import Trajectory
-from drift_algos.samples import Sample
+from drift_algos.samples import Sample, TokenizedSample, turn_samples
+from drift_algos.training import TrainConfig, default_objective
 
 
 @dataclass
@@ -31,21 +34,56 @@ class SampleSet:
 class OfflineAlgorithm(ABC):
     """An algorithm trained once on a fixed set of trajectories (DRIFT, SFT, ...).
 
-    Subclasses set :attr:`name` and implement :meth:`samples`; :meth:`loss` is the
-    weighted NLL unless overridden.
+    Subclasses set :attr:`name` and implement :meth:`samples`; the objective is the
+    weighted NLL of the training config unless overridden.
     """
 
     name: ClassVar[str]
-    normalise_weights: bool = False
 
     @abstractmethod
     def samples(self, trajectories: Sequence[Trajectory]) -> SampleSet:
         """The training samples for ``trajectories``."""
 
-    def loss(self, nll: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Batch loss from per-sample NLL (B,) and weights (B,)."""
-        return weighted_nll_loss(nll, weights, normalise=self.normalise_weights)
+    def objective(self, train: TrainConfig) -> Objective:
+        """The loss the trainer minimises: per-sample weighted NLL (``train.normalise_weights``,
+        ``train.sequence_loss``)."""
+        return default_objective(train)
 
 
 def last_turn_sample(trajectory: Trajectory, weight: float) -> Sample:
-    return Sample(messages=trajectory.messages, weight=weight, prompt_id=trajectory.prompt_id)
+    recorded = turn_samples(trajectory, weight=weight)[-1] if trajectory.turn_completion_ids else None
+    return Sample(messages=trajectory.messages, weight=weight, prompt_id=trajectory.prompt_id, recorded=recorded)
+
+
+@dataclass
+class OnlineBatch:
+    """One iteration's training data."""
+
+    samples: list[TokenizedSample]
+    """Token-faithful samples with per-token advantages (the loop adds the old and reference log-probs)."""
+    returns: list[float]
+    """Each trajectory's return (for the metrics log)."""
+    info: dict[str, float]
+    """Counts to report (e.g. groups whose returns were all equal)."""
+
+
+class OnlineAlgorithm(ABC):
+    """An algorithm that samples with its current policy (GRPO, PPO); subclasses set :attr:`name`."""
+
+    name: ClassVar[str]
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loop must keep the reference policy's log-probs (a KL term)."""
+        return False
+
+    @abstractmethod
+    def batch(self, trajectories: Sequence[Trajectory]) -> OnlineBatch:
+        """Samples and coefficients for one iteration's trajectories (sampled with ``record_token_ids``)."""
+
+    def complete(self, batch: OnlineBatch, trainer) -> None:  # noqa: B027 - only some algorithms need it
+        """Fill in what needs the policy (PPO: old values, GAE); called after the loop set the old log-probs."""
+
+    @abstractmethod
+    def objective(self) -> Objective:
+        """The loss the trainer minimises (asked after :meth:`complete`, each iteration)."""

@@ -1,8 +1,10 @@
 """DRIFT: importance-weighted SFT on trajectories from a fixed reference policy.
 
 Each trajectory gets ``w = exp(R/beta) / mean_group(exp(R/beta))`` (computed in log space,
-group = same ``prompt_id``), and the loss is ``mean_i(w_i * nll_i)``: the fit of the
-KL-regularised optimum ``pi_ref * exp(R/beta)``.
+group = same ``prompt_id``), and the loss is ``mean_i(w_i * nll_i)`` (the trainer's weighted NLL;
+``TrainConfig.normalise_weights`` and ``sequence_loss`` choose its normaliser and per-sample NLL). With
+the summed sequence NLL this is the fit of the KL-regularised optimum ``pi_ref * exp(R/beta)``; the
+release's token mean, the default, fits it only for replies of equal length.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ class DriftConfig:
     weight mass skipped is reported."""
     drop_unsolved_groups: bool = False
     """Leave out groups in which no trajectory succeeded (their weights only rank format and repetition)."""
-    normalise_weights: bool = False
-    """Batch loss ``sum w*nll / sum w`` instead of ``mean w*nll``."""
 
     @property
     def weighing(self) -> WeighConfig:
@@ -51,11 +51,16 @@ class Drift(OfflineAlgorithm):
 
     def __init__(self, config: DriftConfig | None = None):
         self.config = config or DriftConfig()
-        self.normalise_weights = self.config.normalise_weights
 
     def samples(self, trajectories: Sequence[Trajectory]) -> SampleSet:
+        _, weights, _ = weigh(trajectories, self.config.weighing)
+        return self.weighted_samples(trajectories, weights)
+
+    def weighted_samples(self, trajectories: Sequence[Trajectory], weights: Sequence[float]) -> SampleSet:
+        """Samples for trajectories whose weights are given (a file's ``weight`` column, from ``drift weigh``)."""
+        if len(weights) != len(trajectories):
+            raise ValueError(f"{len(weights)} weights for {len(trajectories)} trajectories")
         cfg = self.config
-        _, weights, _ = weigh(trajectories, cfg.weighing)
         solved = {t.prompt_id for t in trajectories if t.success}
         keep, skipped_mass = [], 0.0
         for trajectory, weight in zip(trajectories, weights, strict=True):

@@ -63,6 +63,9 @@ class Completion:
     """Tokens in the rendered prompt."""
     finish_reason: str
     """``stop`` (EOS or a stop string) or ``length`` (hit ``max_new_tokens``)."""
+    prompt_token_ids: list[int] | None = None
+    """The prompt token ids the model was fed (chat template and reply prefix), where the engine knows them:
+    online training scores exactly these and ``token_ids``, not a re-encoding of the text."""
 
 
 class Engine(ABC):
@@ -90,6 +93,14 @@ class Engine(ABC):
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """``params.n`` completions for each conversation, in input order."""
+
+    def update_weights(self, model) -> None:
+        """Load the policy's current weights (``model``, a transformers model) before the next samples.
+
+        Online algorithms call it after each iteration; an engine that cannot take new weights refuses.
+        """
+        raise NotImplementedError(f"the {type(self).__name__} engine cannot load new weights; online training "
+                                  "needs an engine that can (e.g. transformers)")
 
     def close(self) -> None:  # noqa: B027 - optional hook; most engines hold nothing to release
         """Release resources (servers, GPU memory)."""

@@ -109,6 +109,10 @@ class TransformersEngine(Engine):
         return cls(load_model(spec, dtype=dtype, device=device, adapter=adapter), load_tokenizer(spec),
                    batch_size=batch_size)
 
+    def update_weights(self, model) -> None:
+        """Sample from ``model`` (the policy being trained, shared: no copy) from now on."""
+        self.model = model
+
     def render(self, conversation: Sequence[Message], reply_prefix: str = "") -> str:
         """The prompt text: chat template with the generation prompt, then the reply prefix."""
         text = self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
@@ -196,5 +200,6 @@ class TransformersEngine(Engine):
                 logprobs=logprobs[row, : len(tokens)].tolist() if logprobs is not None else None,
                 prompt_tokens=len(ids[row]),
                 finish_reason=finish,
+                prompt_token_ids=list(ids[row]),
             ))
         return completions
