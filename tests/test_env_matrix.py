@@ -244,6 +244,16 @@ def check_run_directory(out: Path, metrics: dict, env_id: str, *, rolled_out: bo
     assert config["env_id"] == env_id and config["preset"]["name"] == "smoke"
     max_turns = config["preset"]["max_turns"]
 
+    if config["algo"] in ("grpo", "ppo"):  # online: no reference rollouts; one log row per iteration
+        log = _jsonl(out / "online_log.jsonl")
+        assert len(log) == config["preset"]["online"]["iterations"]
+        assert all(math.isfinite(row["loss"]) for row in log)
+    else:
+        check_offline_stages(out, metrics, config, rolled_out=rolled_out)
+    check_evaluation(out, metrics, max_turns)
+
+
+def check_offline_stages(out: Path, metrics: dict, config: dict, *, rolled_out: bool) -> None:
     # Rollouts: 2 prompts x 2 samples (or the one given trajectory); weighing keeps every row, in order.
     trajectories = read_trajectories(out / "trajectories.jsonl")
     assert len(trajectories) == (4 if rolled_out else 1)
@@ -270,6 +280,8 @@ def check_run_directory(out: Path, metrics: dict, env_id: str, *, rolled_out: bo
     assert len(_jsonl(out / "train_log.jsonl")) == train["steps"]
     assert train["tokens"] >= train["target_tokens"] > 0 and math.isfinite(train["final_loss"])
 
+
+def check_evaluation(out: Path, metrics: dict, max_turns: int) -> None:
     # Evaluation: the numbers in metrics.json are those of the episodes in eval_*.jsonl.
     for which in ("base", "trained"):
         episodes = sorted(read_trajectories(out / f"eval_{which}.jsonl"), key=lambda t: t.prompt_id)
