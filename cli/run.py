@@ -12,7 +12,12 @@ import typer
 from rich.table import Table
 
 from drift_cli.common import (
+    ApiKeyEnvOption,
+    BaseUrlOption,
+    EngineOption,
+    ThreadsOption,
     console,
+    engine_config,
     err_console,
     parse_env_args,
     progress_bar,
@@ -114,6 +119,10 @@ def run(
     eval_problems: Annotated[int | None, typer.Option(min=1, help="Held-out problems (default: the preset's).")] = None,
     env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed for rollouts, batch order and evaluation.")] = 0,
+    engine: EngineOption = "transformers",
+    threads: ThreadsOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
     """Collect rollouts from the reference model, weigh them, train, and evaluate base vs trained.
@@ -131,6 +140,7 @@ def run(
         from drift_algos.pipeline import run as run_pipeline
         from drift_algos.presets import get_preset
 
+        engine_cfg = engine_config(engine, threads=threads, base_url=base_url, api_key_env=api_key_env)
         p = get_preset(preset)
         p.rollout = dataclasses.replace(p.rollout, seed=seed, **{k: v for k, v in dict(
             num_prompts=num_prompts, n=n, temperature=temperature).items() if v is not None})
@@ -153,7 +163,7 @@ def run(
 
             read_trajectories(trajectories)  # a bad line is reported now, not after the model has loaded
         cfg = RunConfig(env=env, model=model, algo=algo, preset=p, out_dir=out, trajectories=trajectories,
-                        env_args=parse_env_args(env_arg))
+                        env_args=parse_env_args(env_arg), engine=engine_cfg)
         with removed_on_failure(out, keep=("trajectories.jsonl",)):
             result = run_pipeline(cfg, RichReporter())
         deltas = json.loads((out / "metrics.json").read_text())["paired_difference"]

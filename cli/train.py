@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from drift_cli.common import console, removed_on_failure, setup_logging, user_errors
+from drift_cli.common import ThreadsOption, apply_threads, console, removed_on_failure, setup_logging, user_errors
 from drift_cli.rollout import MODEL_HELP
 from drift_cli.run import ALGO_HELP, MIN_WEIGHT_HELP, UNSOLVED_HELP, RichReporter
 
@@ -54,6 +54,7 @@ def train(
     min_weight: Annotated[float | None, typer.Option(min=0.0, help=MIN_WEIGHT_HELP)] = None,
     drop_unsolved: Annotated[bool | None, typer.Option("--drop-unsolved/--keep-unsolved", help=UNSOLVED_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed for batch order and initialisation.")] = 0,
+    threads: ThreadsOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
     """Train a model on trajectories with an algorithm; writes a Hugging Face / PEFT checkpoint."""
@@ -69,6 +70,7 @@ def train(
 
         if not out.parent.exists():
             raise FileNotFoundError(f"parent directory does not exist: {out.parent}")
+        apply_threads(threads)
         p = get_preset(preset)
         p.train = dataclasses.replace(p.train, seed=seed, **{k: v for k, v in dict(
             lora=lora, learning_rate=lr, epochs=epochs, batch_size=batch_size).items() if v is not None})

@@ -27,7 +27,7 @@ from pathlib import Path
 from drift_algos import jsonio
 from drift_algos.agent import RolloutAgent, RolloutSummary
 from drift_algos.algorithms import GRPO, PPO, Drift, OfflineAlgorithm, OnlineAlgorithm, algorithm_class
-from drift_algos.engines.transformers_engine import TransformersEngine
+from drift_algos.engines import Engine, EngineConfig, build_engine
 from drift_algos.evaluation import EvalResult, evaluate, paired_difference
 from drift_algos.online import OnlineResult, train_online
 from drift_algos.presets import Preset
@@ -57,6 +57,8 @@ class RunConfig:
     """Start from these trajectories instead of sampling new ones."""
     env_args: dict[str, object] = field(default_factory=dict)
     """Extra environment arguments (on top of the preset's)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """The inference engine for rollouts and evaluation."""
 
     def __post_init__(self) -> None:
         algorithm_class(self.algo)
@@ -127,20 +129,28 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     test_env = env_factory(env_id, {**base_args, "split": "test"})
     (out / "config.json").write_text(jsonio.dumps(
         {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
-         "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset)},
+         "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset),
+         "engine": asdict(cfg.engine)},
     ) + "\n")
 
     reporter.stage("loading model")
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model)
-    engine = TransformersEngine(model, tokenizer)
-
     algorithm = make_algorithm(cfg.algo, preset)
-    if isinstance(algorithm, OnlineAlgorithm):
-        if cfg.trajectories is not None:
-            raise ValueError(f"{cfg.algo} samples with its own policy; it cannot start from --trajectories")
-        return _run_online(cfg, algorithm, model, tokenizer, engine, train_env, test_env, env_id, reporter)
+    if isinstance(algorithm, OnlineAlgorithm) and cfg.trajectories is not None:
+        raise ValueError(f"{cfg.algo} samples with its own policy; it cannot start from --trajectories")
+    engine = build_engine(cfg.engine, cfg.model, loaded=(model, tokenizer))
+    try:
+        if isinstance(algorithm, OnlineAlgorithm):
+            return _run_online(cfg, algorithm, model, tokenizer, engine, train_env, test_env, env_id, reporter)
+        return _run_offline(cfg, algorithm, model, tokenizer, engine, train_env, test_env, env_id, reporter)
+    finally:
+        engine.close()
 
+
+def _run_offline(cfg: RunConfig, algorithm: OfflineAlgorithm, model, tokenizer, engine: Engine,
+                 train_env, test_env, env_id: str, reporter: Reporter) -> RunResult:
+    preset, out = cfg.preset, Path(cfg.out_dir)
     traj_path = out / "trajectories.jsonl"
     rollout_summary = None
     if cfg.trajectories is not None:
@@ -177,8 +187,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     trainer.save(out / "checkpoint")
 
     reporter.stage("evaluating the trained model")
-    trained_engine = TransformersEngine(trainer.model, tokenizer)
-    trained = _evaluate(trained_engine, test_env, preset, env_id, str(out / "checkpoint"), out / "eval_trained.jsonl",
+    engine.update_weights(trainer.model)
+    trained = _evaluate(engine, test_env, preset, env_id, str(out / "checkpoint"), out / "eval_trained.jsonl",
                         reporter, "eval trained")
 
     result = RunResult(base, trained, train_result, rollout_summary, out, len(sample_set.samples), sample_set.skipped)
@@ -187,7 +197,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     return result
 
 
-def _run_online(cfg: RunConfig, algorithm: OnlineAlgorithm, model, tokenizer, engine: TransformersEngine,
+def _run_online(cfg: RunConfig, algorithm: OnlineAlgorithm, model, tokenizer, engine: Engine,
                 train_env, test_env, env_id: str, reporter: Reporter) -> RunResult:
     preset, out = cfg.preset, Path(cfg.out_dir)
     reporter.stage("evaluating the reference model")

@@ -219,6 +219,9 @@ def bad_dataset(tmp_path: Path) -> Path:
         (["run", "--trajectories", "missing.jsonl", "--model", "{tiny}"], "trajectories file not found"),
         (["rollout", "--env-arg", "novalue", "--out", "r.jsonl"], "--env-arg expects key=value"),
         (["rollout", "--model", "{tiny}", "--num-prompts", "5000", "--out", "r.jsonl"], "asked for 5000 prompts"),
+        (["rollout", "--engine", "nope", "--out", "r.jsonl"], "unknown engine 'nope' (available: transformers"),
+        (["eval", "--engine", "nope"], "unknown engine 'nope'"),
+        (["run", "--engine", "nope", "--out", "run"], "unknown engine 'nope'"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args: list[str], message: str, tiny_model_dir: Path, bad_dataset: Path,
@@ -232,7 +235,8 @@ def test_bad_input_is_a_one_line_error(args: list[str], message: str, tiny_model
 @pytest.mark.parametrize(
     ("args", "option"),
     [(["rollout", "--n", "0"], "--n"), (["run", "--num-prompts", "0"], "--num-prompts"),
-     (["eval", "--max-turns", "0"], "--max-turns"), (["rollout", "--top-p", "1.5"], "--top-p")],
+     (["eval", "--max-turns", "0"], "--max-turns"), (["rollout", "--top-p", "1.5"], "--top-p"),
+     (["train", "x.jsonl", "--out", "c", "--threads", "0"], "--threads"), (["run", "--threads", "0"], "--threads")],
 )
 def test_out_of_range_options_are_usage_errors(args: list[str], option: str) -> None:
     result = invoke(*args)

@@ -83,6 +83,12 @@ class Engine(ABC):
 
     name: str = "engine"
 
+    @classmethod
+    def from_config(cls, cfg, model: str, *, adapter: str | None = None, loaded: tuple | None = None) -> Engine:
+        """Build the engine from an :class:`~drift_algos.engines.EngineConfig` for ``model`` (a ``--model``
+        spec), with a PEFT ``adapter`` on top; ``loaded`` is ``(model, tokenizer)`` already in memory."""
+        raise NotImplementedError(f"the {cls.__name__} engine cannot be built from a config")
+
     @abstractmethod
     def generate(
         self,

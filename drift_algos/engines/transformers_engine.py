@@ -109,6 +109,13 @@ class TransformersEngine(Engine):
         return cls(load_model(spec, dtype=dtype, device=device, adapter=adapter), load_tokenizer(spec),
                    batch_size=batch_size)
 
+    @classmethod
+    def from_config(cls, cfg, model: str, *, adapter: str | None = None,
+                    loaded: tuple | None = None) -> TransformersEngine:
+        if loaded is not None and adapter is None:
+            return cls(*loaded, batch_size=cfg.batch_size)
+        return cls.from_pretrained(model, batch_size=cfg.batch_size, adapter=adapter)
+
     def update_weights(self, model) -> None:
         """Sample from ``model`` (the policy being trained, shared: no copy) from now on."""
         self.model = model
