@@ -37,7 +37,7 @@ def rollouts(engine, grid: list[tuple[int, int, int]], seed: int) -> tuple[list[
     import gymnasium as gym
 
     import drift_envs  # noqa: F401 - registers the environments
-    from drift_algos.agent import RolloutAgent, RolloutConfig
+    from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
 
     rows, biggest = [], []
     for prompts, n, turns in grid:
@@ -58,7 +58,7 @@ def rollouts(engine, grid: list[tuple[int, int, int]], seed: int) -> tuple[list[
 def training(model_spec: str, trajectories: list, sizes: list[int], seed: int) -> list[dict]:
     from drift_algos.algorithms import SFT
     from drift_algos.models import load_model, load_tokenizer
-    from drift_algos.training import TrainConfig, Trainer
+    from drift_algos.training.trainer import TrainConfig, Trainer
 
     tokenizer = load_tokenizer(model_spec)
     samples = SFT().samples(trajectories).samples

@@ -37,8 +37,8 @@ def generation(engine_cls, model, tokenizer, batch_sizes: list[int], new_tokens:
 
 def training(model_spec: str, samples: int, lora: bool, min_weight: float) -> dict:
     from drift_algos.models import load_model, load_tokenizer
-    from drift_algos.samples import Sample
-    from drift_algos.training import TrainConfig, Trainer
+    from drift_algos.training.samples import Sample
+    from drift_algos.training.trainer import TrainConfig, Trainer
 
     tokenizer = load_tokenizer(model_spec)
     model = load_model(model_spec)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from drift_algos import jsonio
-from drift_algos.evaluation import EvalConfig
+from drift_algos.evaluation.evaluator import EvalConfig
 from drift_cli.common import (
     ApiKeyEnvOption,
     BaseUrlOption,
@@ -68,7 +68,7 @@ def eval_(
     with user_errors():
 
         from drift_algos.engines import build_engine
-        from drift_algos.evaluation import evaluate, run_evaluation
+        from drift_algos.evaluation.evaluator import evaluate, run_evaluation
         from drift_algos.records import TrajectoryWriter
         from drift_envs import resolve_env_id
         from drift_envs.registry import env_factory

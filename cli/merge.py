@@ -24,7 +24,7 @@ def merge(
     """
     setup_logging(verbose)
     with user_errors():
-        from drift_algos.collection import merge as merge_shards
+        from drift_algos.rollout.collection import merge as merge_shards
 
         check_out_path(out)
         if out.exists():

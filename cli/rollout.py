@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from drift_algos import jsonio
-from drift_algos.collection import CollectionMeta, Shard, rewrite_complete, scan
+from drift_algos.rollout.collection import CollectionMeta, Shard, rewrite_complete, scan
 from drift_cli.common import (
     ApiKeyEnvOption,
     BaseUrlOption,
@@ -82,9 +82,9 @@ def rollout(
     setup_logging(verbose)
     with user_errors():
 
-        from drift_algos.agent import RolloutAgent, RolloutConfig
         from drift_algos.engines import build_engine
         from drift_algos.records import TrajectoryWriter
+        from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
         from drift_envs import resolve_env_id
         from drift_envs.registry import env_factory
 

@@ -6,8 +6,8 @@ import math
 
 from rich.table import Table
 
-from drift_algos.agent import RolloutSummary
-from drift_algos.metrics import MultiTurnMetrics
+from drift_algos.evaluation.metrics import MultiTurnMetrics
+from drift_algos.rollout.agent import RolloutSummary
 
 
 def pct(value: float) -> str:

@@ -65,7 +65,7 @@ def train(
         from drift_algos.pipeline import make_algorithm
         from drift_algos.presets import get_preset
         from drift_algos.records import read_trajectories
-        from drift_algos.training import Trainer
+        from drift_algos.training.trainer import Trainer
         from drift_algos.weighting import WEIGHT_COLUMN
 
         if not out.parent.exists():

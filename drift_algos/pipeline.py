@@ -25,14 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from drift_algos import jsonio
-from drift_algos.agent import RolloutAgent, RolloutSummary
 from drift_algos.algorithms import GRPO, PPO, Drift, OfflineAlgorithm, OnlineAlgorithm, algorithm_class
 from drift_algos.engines import Engine, EngineConfig, build_engine
-from drift_algos.evaluation import EvalResult, evaluate, paired_difference
-from drift_algos.online import OnlineResult, train_online
+from drift_algos.evaluation.evaluator import EvalResult, evaluate, paired_difference
 from drift_algos.presets import Preset
 from drift_algos.records import TrajectoryWriter, read_trajectories
-from drift_algos.training import Trainer, TrainResult
+from drift_algos.rollout.agent import RolloutAgent, RolloutSummary
+from drift_algos.training.online import OnlineResult, train_online
+from drift_algos.training.trainer import Trainer, TrainResult
 from drift_algos.weighting import weigh_file
 from drift_envs.registry import env_factory
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from drift_algos.agent import RolloutConfig
 from drift_algos.algorithms.drift import DriftConfig
 from drift_algos.algorithms.grpo import GRPOConfig
 from drift_algos.algorithms.ppo import PPOConfig
-from drift_algos.evaluation import EvalConfig
-from drift_algos.online import OnlineConfig
-from drift_algos.training import TrainConfig
+from drift_algos.evaluation.evaluator import EvalConfig
+from drift_algos.rollout.agent import RolloutConfig
+from drift_algos.training.online import OnlineConfig
+from drift_algos.training.trainer import TrainConfig
 
 
 @dataclass

@@ -90,7 +90,7 @@ class Trajectory:
 
     @property
     def outcome(self) -> list[bool]:
-        """Success per turn taken (the input of :mod:`drift_algos.metrics`)."""
+        """Success per turn taken (the input of :mod:`drift_algos.evaluation.metrics`)."""
         return [bool(self.verifier.get(f"t{t}", 0)) for t in range(1, self.num_turns + 1)]
 
     def to_dict(self) -> dict[str, Any]:

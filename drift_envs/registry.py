@@ -25,9 +25,9 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "drift.envs"
 
 BUILTIN = {
-    "drift/MathCorrection-v0": "drift_envs.math_correction:MathCorrectionEnv",
-    "drift/MultipleChoice-v0": "drift_envs.multiple_choice:MultipleChoiceEnv",
-    "drift/CodeFeedback-v0": "drift_envs.code_feedback:CodeFeedbackEnv",
+    "drift/MathCorrection-v0": "drift_envs.math.env:MathCorrectionEnv",
+    "drift/MultipleChoice-v0": "drift_envs.multiple_choice.env:MultipleChoiceEnv",
+    "drift/CodeFeedback-v0": "drift_envs.code.env:CodeFeedbackEnv",
 }
 ALIASES = {"math": "drift/MathCorrection-v0", "gpqa": "drift/MultipleChoice-v0", "mc": "drift/MultipleChoice-v0",
            "code": "drift/CodeFeedback-v0"}

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drift_algos.advantages import gae, group_advantages
-from drift_algos.losses import clipped_policy_terms, clipped_value_terms, k3_kl
+from drift_algos.training.losses import clipped_policy_terms, clipped_value_terms, k3_kl
 
 
 def test_group_advantages_by_hand() -> None:

@@ -9,9 +9,9 @@ import gymnasium as gym
 import pytest
 from gymnasium.spaces import Text
 
-from drift_algos.agent import RolloutAgent, RolloutConfig
 from drift_algos.engines.transformers_engine import TransformersEngine
 from drift_algos.records import Sampling, Trajectory, TrajectoryWriter, read_trajectories
+from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
 from drift_envs import Problem
 from drift_envs.base import SIMPLE_FEEDBACK, SYSTEM_PROMPT
 

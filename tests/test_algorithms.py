@@ -20,8 +20,8 @@ from drift_algos.algorithms import (
 from drift_algos.pipeline import make_algorithm
 from drift_algos.presets import smoke
 from drift_algos.records import Trajectory
-from drift_algos.samples import tokenize_sample
-from drift_algos.training import TrainConfig, Trainer
+from drift_algos.training.samples import tokenize_sample
+from drift_algos.training.trainer import TrainConfig, Trainer
 
 
 def trajectory(prompt_id: str, answers: list[str], rewards: list[float], *, format_penalty: float = 0.0,

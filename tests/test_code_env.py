@@ -13,8 +13,8 @@ from gymnasium.utils.env_checker import check_env
 
 from drift_envs import resolve_env_id
 from drift_envs.base import CORRECT_MESSAGE, SIMPLE_FEEDBACK
-from drift_envs.code_feedback import CodeEnvConfig, CodeFeedbackEnv, normalise_code, parse_code_reply
-from drift_envs.code_problems import (
+from drift_envs.code.env import CodeEnvConfig, CodeFeedbackEnv, normalise_code, parse_code_reply
+from drift_envs.code.problems import (
     builtin_problems,
     load_code_problems,
     load_humaneval,

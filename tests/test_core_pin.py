@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drift_algos.samples import Sample
-from drift_algos.training import TrainConfig, Trainer
+from drift_algos.training.samples import Sample
+from drift_algos.training.trainer import TrainConfig, Trainer
 
 PINNED = json.loads((Path(__file__).parent / "data" / "core_pin.json").read_text())
 

@@ -19,10 +19,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from typer.testing import CliRunner
 
-from drift_algos.agent import RolloutAgent, RolloutConfig
 from drift_algos.algorithms import ALGORITHMS
-from drift_algos.metrics import compute_metrics
+from drift_algos.evaluation.metrics import compute_metrics
 from drift_algos.records import TrajectoryWriter, read_trajectories
+from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
 from drift_cli.main import app
 from drift_envs import EpisodeStats, TextEnv
 from drift_envs.registry import ALIASES, BUILTIN

@@ -12,15 +12,21 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from drift_algos.agent import RolloutConfig
 from drift_algos.algorithms import DriftConfig
 from drift_algos.engines.transformers_engine import TransformersEngine
-from drift_algos.evaluation import EvalConfig, evaluate, paired_difference, paired_multi_difference, run_evaluation
-from drift_algos.metrics import rate_interval
+from drift_algos.evaluation.evaluator import (
+    EvalConfig,
+    evaluate,
+    paired_difference,
+    paired_multi_difference,
+    run_evaluation,
+)
+from drift_algos.evaluation.metrics import rate_interval
 from drift_algos.pipeline import RunConfig, env_factory, run
 from drift_algos.presets import PRESETS, Preset, get_preset
 from drift_algos.records import Trajectory, read_trajectories, write_trajectories
-from drift_algos.training import TrainConfig
+from drift_algos.rollout.agent import RolloutConfig
+from drift_algos.training.trainer import TrainConfig
 from drift_cli.main import app
 from drift_envs import Problem, resolve_env_id
 

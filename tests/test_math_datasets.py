@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from drift_envs.loading import DataError
-from drift_envs.math_correction import MathCorrectionEnv
-from drift_envs.math_datasets import SOURCES, gsm8k_gold, last_boxed, load, metamath_gold, parse_level
+from drift_envs.math.datasets import SOURCES, gsm8k_gold, last_boxed, load, metamath_gold, parse_level
+from drift_envs.math.env import MathCorrectionEnv
 
 
 def write_jsonl(path: Path, records: list[dict]) -> str:

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import drift_envs
 from drift_envs import EpisodeStats, Problem
 from drift_envs.base import CORRECT_MESSAGE, SIMPLE_FEEDBACK
-from drift_envs.math_correction import MathCorrectionEnv, MathEnvConfig
+from drift_envs.math.env import MathCorrectionEnv, MathEnvConfig
 
 ENV_ID = "drift/MathCorrection-v0"
 PROBLEMS = (

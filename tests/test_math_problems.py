@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from drift_envs.math_problems import LEVEL_NAMES, generate_problems
+from drift_envs.math.problems import LEVEL_NAMES, generate_problems
 from drift_envs.verify import math_equal
 
 ALL_LEVELS = (1, 2, 3, 4, 5)

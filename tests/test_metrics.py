@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drift_algos.metrics import (
+from drift_algos.evaluation.metrics import (
     accuracy_at_turn,
     accuracy_interval,
     bootstrap,

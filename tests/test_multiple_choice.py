@@ -13,8 +13,8 @@ from gymnasium.utils.env_checker import check_env
 from drift_envs import make_env
 from drift_envs.base import CORRECT_MESSAGE, SIMPLE_FEEDBACK
 from drift_envs.loading import DataError
-from drift_envs.mc_problems import KINDS, LETTERS, MCProblem, generate_mc_problems, load
-from drift_envs.multiple_choice import MCEnvConfig, MultipleChoiceEnv, read_choice
+from drift_envs.multiple_choice.env import MCEnvConfig, MultipleChoiceEnv, read_choice
+from drift_envs.multiple_choice.problems import KINDS, LETTERS, MCProblem, generate_mc_problems, load
 
 RELEASE_INSTRUCTION = (
     "You are solving multiple-choice questions. Only give the final answer letter (A-D) between <answer> and </answer>."

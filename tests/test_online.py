@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from drift_algos.algorithms import GRPO, GRPOConfig
 from drift_algos.records import Trajectory
-from drift_algos.samples import turn_samples
-from drift_algos.training import TrainConfig, Trainer
+from drift_algos.training.samples import turn_samples
+from drift_algos.training.trainer import TrainConfig, Trainer
 from drift_cli.main import app
 
 
@@ -204,9 +204,9 @@ def test_drift_run_ppo(env: str, tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_online_checkpoints_on_a_schedule(tiny_model_dir: Path, tmp_path: Path) -> None:
     import dataclasses
 
-    from drift_algos.online import OnlineConfig
     from drift_algos.pipeline import RunConfig, run
     from drift_algos.presets import smoke
+    from drift_algos.training.online import OnlineConfig
 
     preset = smoke()
     preset.online = OnlineConfig(iterations=3, prompts_per_iteration=1, group_size=2, checkpoint_every=1)
@@ -221,7 +221,7 @@ def test_online_checkpoints_on_a_schedule(tiny_model_dir: Path, tmp_path: Path) 
 @pytest.mark.parametrize("kwargs", [{"iterations": 0}, {"prompts_per_iteration": 0}, {"group_size": 0},
                                     {"checkpoint_every": -1}])
 def test_online_config_validation(kwargs: dict) -> None:
-    from drift_algos.online import OnlineConfig
+    from drift_algos.training.online import OnlineConfig
 
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         OnlineConfig(**kwargs)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from drift_envs.sandbox import (
+from drift_envs.code.sandbox import (
     MARKER,
     SANDBOX_UID_BASE,
     SandboxConfig,

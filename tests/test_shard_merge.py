@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from drift_algos.collection import Shard
+from drift_algos.rollout.collection import Shard
 from drift_cli.main import app
 
 runner = CliRunner()

@@ -11,8 +11,8 @@ import pytest
 
 import drift_envs  # noqa: F401 - registers the environments
 from drift_envs import Problem
-from drift_envs.mc_problems import MCProblem
-from drift_envs.multiple_choice import MultipleChoiceEnv
+from drift_envs.multiple_choice.env import MultipleChoiceEnv
+from drift_envs.multiple_choice.problems import MCProblem
 from drift_envs.verify import math_equal, single_answer
 
 MATH_PROBLEMS = (

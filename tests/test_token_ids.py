@@ -9,10 +9,10 @@ import gymnasium as gym
 import pytest
 from tiny import build_tokenizer
 
-from drift_algos.agent import RolloutAgent, RolloutConfig
 from drift_algos.engines.transformers_engine import TransformersEngine
 from drift_algos.records import Trajectory, read_trajectories, write_trajectories
-from drift_algos.samples import turn_samples
+from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
+from drift_algos.training.samples import turn_samples
 
 REPLY = "= 69 + 13 = 92</answer>"
 
@@ -90,7 +90,7 @@ def test_offline_training_can_use_the_recorded_ids(tiny_model_dir: Path) -> None
 
     from drift_algos.algorithms import SFT
     from drift_algos.models import load_tokenizer
-    from drift_algos.training import TrainConfig, Trainer
+    from drift_algos.training.trainer import TrainConfig, Trainer
 
     tok = build_tokenizer(["<answer>= 69 + 13 = 92</answer> a>=b x >= y"] * 50)
     prompt_ids = [1, 2, 3]

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from drift_algos.algorithms import SFT, Drift, DriftConfig
-from drift_algos.losses import sequence_nll, weighted_nll_loss
 from drift_algos.models import load_model, load_tokenizer
 from drift_algos.records import Trajectory
-from drift_algos.samples import LossTarget, Sample, tokenize_sample
-from drift_algos.training import Schedule, TrainConfig, Trainer
+from drift_algos.training.losses import sequence_nll, weighted_nll_loss
+from drift_algos.training.samples import LossTarget, Sample, tokenize_sample
+from drift_algos.training.trainer import Schedule, TrainConfig, Trainer
 
 SYSTEM = {"role": "system", "content": "You are solving Math problems."}
 USER = {"role": "user", "content": "What is 37 + 48?"}
@@ -353,7 +353,7 @@ def test_train_config_validation(kwargs: dict) -> None:
 
 
 def test_per_sample_nll_token_mean_and_sum_by_hand() -> None:
-    from drift_algos.losses import SequenceLoss, per_sample_nll
+    from drift_algos.training.losses import SequenceLoss, per_sample_nll
 
     logprobs = torch.tensor([[-1.0, -2.0, -4.0], [-0.5, -8.0, -1.0]])  # (B, T-1)
     mask = torch.tensor([[False, True, True], [True, False, False]])

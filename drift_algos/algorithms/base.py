@@ -1,7 +1,8 @@
 """What an algorithm is: how trajectories become samples (and coefficients), and its loss.
 
 Offline algorithms (DRIFT, SFT, RFT) train once on a fixed file; online ones (GRPO, PPO) are run by the loop
-of :mod:`drift_algos.online`, which samples with the current policy and hands them each iteration's trajectories.
+of :mod:`drift_algos.training.online`, which samples with the current policy and hands them each iteration's
+trajectories.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from drift_algos.objectives import Objective
 from drift_algos.records import Trajectory
-from drift_algos.samples import Sample, TokenizedSample, turn_samples
-from drift_algos.training import TrainConfig, default_objective
+from drift_algos.training.objectives import Objective
+from drift_algos.training.samples import Sample, TokenizedSample, turn_samples
+from drift_algos.training.trainer import TrainConfig, default_objective
 
 
 @dataclass

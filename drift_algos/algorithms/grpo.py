@@ -1,11 +1,12 @@
 """GRPO: group-relative advantages on trajectories sampled from the current policy, clipped-ratio updates.
 
-Each iteration samples G trajectories per prompt with the current policy (the online loop, :mod:`drift_algos.online`);
-a trajectory's advantage is its return (DRIFT's return: discounted turn rewards, format and repetition penalties)
-minus its group's mean, divided by the group's std (``scale_std``); every assistant token of the trajectory gets
-it, and the loss is :class:`~drift_algos.objectives.ClippedPolicyGradient`: the clipped ratio against the sampling
-policy's log-probs of exactly the generated tokens, plus an optional k3 KL to the reference, aggregated as a mean
-over all the step's assistant tokens. Groups whose returns are all equal add nothing and are reported.
+Each iteration samples G trajectories per prompt with the current policy (the online loop,
+:mod:`drift_algos.training.online`); a trajectory's advantage is its return (DRIFT's return: discounted turn
+rewards, format and repetition penalties) minus its group's mean, divided by the group's std (``scale_std``); every
+assistant token of the trajectory gets it, and the loss is
+:class:`~drift_algos.training.objectives.ClippedPolicyGradient`: the clipped ratio against the sampling policy's
+log-probs of exactly the generated tokens, plus an optional k3 KL to the reference, aggregated as a mean over all
+the step's assistant tokens. Groups whose returns are all equal add nothing and are reported.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 
 from drift_algos.advantages import group_advantages
 from drift_algos.algorithms.base import OnlineAlgorithm, OnlineBatch
-from drift_algos.objectives import ClippedPolicyGradient, Objective
 from drift_algos.records import Trajectory
-from drift_algos.samples import TokenizedSample, turn_samples
+from drift_algos.training.objectives import ClippedPolicyGradient, Objective
+from drift_algos.training.samples import TokenizedSample, turn_samples
 from drift_algos.weighting import WeighConfig
 
 

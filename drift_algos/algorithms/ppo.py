@@ -1,10 +1,10 @@
 """Multi-turn PPO with a value head on the policy (the DRIFT paper's main online baseline, after RAGEN/verl).
 
-Each iteration samples trajectories with the current policy (:mod:`drift_algos.online`). Turn-level rewards sit on
-the last generated token of each assistant turn: the turn's environment reward plus its format penalty, and the
+Each iteration samples trajectories with the current policy (:mod:`drift_algos.training.online`). Turn-level rewards
+sit on the last generated token of each assistant turn: the turn's environment reward plus its format penalty, and the
 repetition penalty of DRIFT's return on the last turn. GAE runs over the trajectory's assistant tokens in order
 (token-level ``gamma``, default 1, and ``lam``); advantages are whitened over the batch. The loss is
-:class:`~drift_algos.objectives.PPOObjective`: clipped policy surrogate, ``kl_coef`` times the k3 KL to the
+:class:`~drift_algos.training.objectives.PPOObjective`: clipped policy surrogate, ``kl_coef`` times the k3 KL to the
 reference, ``value_coef`` times the clipped value loss, each a mean over the step's assistant tokens.
 
 Why a value head rather than a separate critic: it shares the policy's forward pass (one model's memory and compute
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from drift_algos.advantages import gae
 from drift_algos.algorithms.base import OnlineAlgorithm, OnlineBatch
-from drift_algos.objectives import Objective, PPOObjective, ValueHead
 from drift_algos.records import Trajectory
-from drift_algos.samples import turn_samples
+from drift_algos.training.objectives import Objective, PPOObjective, ValueHead
+from drift_algos.training.samples import turn_samples
 from drift_algos.weighting import WeighConfig
 from drift_envs.base import repetition_penalty
 

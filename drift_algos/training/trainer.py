@@ -1,9 +1,9 @@
 """The shared training core: one loop for every algorithm.
 
-An algorithm hands the trainer :class:`~drift_algos.samples.Sample` objects (a
+An algorithm hands the trainer :class:`~drift_algos.training.samples.Sample` objects (a
 conversation and a weight) or already tokenised samples (online algorithms: the engine's own
 token ids with per-token advantages and log-probs), and an
-:class:`~drift_algos.objectives.Objective`, a loss of the policy's per-token log-probs; the
+:class:`~drift_algos.training.objectives.Objective`, a loss of the policy's per-token log-probs; the
 trainer does tokenisation and loss masks, length-bucketed batches, exact gradient accumulation
 (the objective's normaliser spans the optimiser step), AdamW with warm-up and a schedule,
 gradient clipping, LoRA (peft) or full fine-tuning, fp32 master weights (bf16 autocast on
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from drift_algos.losses import SequenceLoss, token_logprobs
-from drift_algos.objectives import Objective, WeightedNLL
-from drift_algos.samples import LossTarget, Sample, TokenizedSample, tokenize_sample
+from drift_algos.training.losses import SequenceLoss, token_logprobs
+from drift_algos.training.objectives import Objective, WeightedNLL
+from drift_algos.training.samples import LossTarget, Sample, TokenizedSample, tokenize_sample
 
 logger = logging.getLogger(__name__)
 

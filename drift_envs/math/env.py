@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from drift_envs.base import Problem, TextEnv, TextEnvConfig, Verdict
-from drift_envs.math_problems import generate_problems
+from drift_envs.math.problems import generate_problems
 from drift_envs.parsing import ParsedReply
 from drift_envs.verify import math_equal, normalise_answer
 
@@ -50,7 +50,7 @@ def load_math_problems(
     """Problems of a source, cached: many environments share one list."""
     if source == "procedural":
         return tuple(generate_problems(num_problems, split=split, levels=levels, seed=seed))
-    from drift_envs import math_datasets  # lazy: pulls in `datasets`
+    from drift_envs.math import datasets as math_datasets  # lazy: pulls in `datasets`
 
     return tuple(math_datasets.load(source, path=path, split=split, limit=num_problems))
 

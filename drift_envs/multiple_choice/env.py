@@ -39,7 +39,7 @@ import gymnasium as gym
 import numpy as np
 
 from drift_envs.base import TextEnv, TextEnvConfig, Verdict
-from drift_envs.mc_problems import (
+from drift_envs.multiple_choice.problems import (
     DEFAULT_KINDS,
     KINDS,
     LETTERS,
@@ -129,7 +129,7 @@ def load_mc_problems(
     seed: int,
 ) -> tuple[MCProblem, ...]:
     """Problems of a source, cached: the rollout agent builds one environment per episode."""
-    from drift_envs import mc_problems
+    from drift_envs.multiple_choice import problems as mc_problems
 
     if source == "procedural":
         return tuple(mc_problems.generate_mc_problems(num_problems, split, kinds, seed, num_choices))

@@ -1,9 +1,9 @@
 """The iteration loop every online algorithm shares: sample with the current policy, train, repeat.
 
-Each iteration: the :class:`~drift_algos.agent.RolloutAgent` samples ``rollout.num_prompts`` groups of
+Each iteration: the :class:`~drift_algos.rollout.agent.RolloutAgent` samples ``rollout.num_prompts`` groups of
 ``rollout.n`` trajectories with the current policy, recording the exact token ids; the algorithm turns them into
 token-faithful samples with per-token coefficients; the loop adds the sampling policy's log-probs of those tokens
-(and the reference policy's when the algorithm has a KL term); the :class:`~drift_algos.training.Trainer` runs
+(and the reference policy's when the algorithm has a KL term); the :class:`~drift_algos.training.trainer.Trainer` runs
 ``train.epochs`` optimisation epochs over mini-batches of ``train.batch_size``; the engine loads the new weights.
 One line per iteration goes to ``online_log.jsonl``.
 
@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drift_algos.agent import RolloutAgent, RolloutConfig
 from drift_algos.algorithms.base import OnlineAlgorithm
 from drift_algos.engines.base import Engine
-from drift_algos.training import Trainer
+from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
+from drift_algos.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 

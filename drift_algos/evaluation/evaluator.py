@@ -9,10 +9,17 @@ from pathlib import Path
 
 import gymnasium as gym
 
-from drift_algos.agent import ProgressFn, RolloutAgent, RolloutConfig
 from drift_algos.engines.base import Engine
-from drift_algos.metrics import MultiTurnMetrics, Outcome, accuracy_interval, bootstrap, compute_metrics, multi_at
+from drift_algos.evaluation.metrics import (
+    MultiTurnMetrics,
+    Outcome,
+    accuracy_interval,
+    bootstrap,
+    compute_metrics,
+    multi_at,
+)
 from drift_algos.records import Trajectory, TrajectoryWriter
+from drift_algos.rollout.agent import ProgressFn, RolloutAgent, RolloutConfig
 
 
 @dataclass

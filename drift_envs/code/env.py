@@ -2,7 +2,7 @@
 
 The reply is primed with ```` ```python\\n```` and generation stops at the closing fence
 (```` ``` ````), so a reply is one fenced code block. The code runs in the sandbox
-(:mod:`drift_envs.sandbox`) against the problem's tests, one process per reply:
+(:mod:`drift_envs.code.sandbox`) against the problem's tests, one process per reply:
 
 * reward ``r_t`` = fraction of tests passed (partial credit), success = all passed;
 * feedback after a failure: how many tests passed, the first failing test, the error and a
@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from drift_envs.base import Problem, TextEnv, TextEnvConfig, Verdict
-from drift_envs.code_problems import CODE_SOURCES, CodeProblem, load_code_problems
+from drift_envs.code.problems import CODE_SOURCES, CodeProblem, load_code_problems
+from drift_envs.code.sandbox import NetworkIsolation, SandboxConfig, SuiteResult, run_suite
 from drift_envs.parsing import ParsedReply, ParseMode
-from drift_envs.sandbox import NetworkIsolation, SandboxConfig, SuiteResult, run_suite
 
 CODE_FENCE = "```"
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -65,7 +65,7 @@ class CodeEnvConfig(TextEnvConfig):
     network: NetworkIsolation = NetworkIsolation.AUTO
     """Run the code in a new network namespace: ``auto`` (when possible), ``require`` or ``off``."""
     drop_privileges: bool = True
-    """When running as root, run the code as an unused user id (see :mod:`drift_envs.sandbox`)."""
+    """When running as root, run the code as an unused user id (see :mod:`drift_envs.code.sandbox`)."""
     max_detail_chars: int = 1500
     """Longest failure report shown as feedback."""
 

@@ -54,7 +54,7 @@ def weighted_nll_loss(nll: torch.Tensor, weights: torch.Tensor, *, normalise: bo
     ``mean_i(w_i * nll_i)`` (the release's default), or ``sum_i(w_i * nll_i) / sum_i(w_i)``
     when ``normalise`` (0 when every weight is 0). Plain SFT is this loss with all weights 1.
     The trainer applies the same formula over an optimiser step's whole batch (see
-    :class:`~drift_algos.objectives.WeightedNLL`).
+    :class:`~drift_algos.training.objectives.WeightedNLL`).
     """
     if nll.shape != weights.shape:
         raise ValueError(f"nll {tuple(nll.shape)} and weights {tuple(weights.shape)} differ in shape")

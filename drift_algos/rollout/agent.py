@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from drift_algos.engines.base import Engine, Message, SamplingParams, derive_seed
-from drift_algos.metrics import MultiTurnMetrics, compute_metrics, first_success
+from drift_algos.evaluation.metrics import MultiTurnMetrics, compute_metrics, first_success
 from drift_algos.records import Sampling, Trajectory, TrajectoryWriter
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from drift_envs.base import Problem
 from drift_envs.loading import DataError, Row, iter_jsonl, read_rows
-from drift_envs.math_problems import split_of
+from drift_envs.math.problems import split_of
 
 CODE_SOURCES = ("builtin", "humaneval", "mbpp")
 MBPP_HUB_ID = "google-research-datasets/mbpp"

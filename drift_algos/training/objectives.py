@@ -5,7 +5,7 @@ objective for the micro-batch's *numerator*; it divides by the *denominator* sum
 optimiser step, so gradient accumulation gives exactly the gradient of one large batch (a short last micro-batch
 counts for no more than its samples) and normalisations such as ``sum w nll / sum w`` span the whole step.
 
-Batch tensors (from :func:`~drift_algos.training.collate`): ``input_ids``, ``attention_mask`` (B, T),
+Batch tensors (from :func:`~drift_algos.training.trainer.collate`): ``input_ids``, ``attention_mask`` (B, T),
 ``loss_mask`` (B, T) bool, ``weights`` (B,), and when samples carry them ``advantages``, ``old_logprobs``,
 ``ref_logprobs`` (B, T), aligned with the token they score.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from drift_algos.losses import SequenceLoss, clipped_policy_terms, clipped_value_terms, k3_kl, per_sample_nll
+from drift_algos.training.losses import SequenceLoss, clipped_policy_terms, clipped_value_terms, k3_kl, per_sample_nll
 
 Batch = dict[str, torch.Tensor]
 

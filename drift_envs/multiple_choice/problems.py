@@ -15,7 +15,7 @@ The procedural generator (``generate_mc_problems``) needs no network. Its kinds:
   of water, ...), distractors scaled by powers of ten or shifted.
 
 Train and test are disjoint by construction: a problem's split is a function of its question
-(a hash of its canonical key, :func:`drift_envs.math_problems.split_of`). Arithmetic keys are
+(a hash of its canonical key, :func:`drift_envs.math.problems.split_of`). Arithmetic keys are
 those of the math generator, so an arithmetic question falls in the same split in both
 environments.
 
@@ -52,7 +52,7 @@ from pathlib import Path
 
 from drift_envs.base import Problem
 from drift_envs.loading import DataError, HubSource, Row, check_limit, read_rows
-from drift_envs.math_problems import draw_distinct
+from drift_envs.math.problems import draw_distinct
 
 logger = logging.getLogger(__name__)
 
