@@ -5,13 +5,12 @@ the reward curve), on the same model, data and batch.
     pip install -e '.[bench]'      # trl, only for this benchmark
     python benchmarks/peer_trl.py --model smollm2-135m --out runs/peer_trl
 
-Writes ``peer_trl.json`` and prints the ratios (ours / TRL) as a table. Cost, measured on the 2-core CPU under
-heavy load (load average 12-18): 33 min for ``--sft-prompts 8 --sft-samples 32 --prompts-per-step 4``; the smaller
-defaults are sized for about 20 min there. The machine may be shared, so the two
+Writes ``peer_trl.json`` and prints the ratios (ours / TRL) as a table. The machine may be shared, so the two
 sides are measured interleaved: SFT in rounds whose order alternates (drift then TRL, TRL then drift, ...), each
 round on fresh copies of the model; GRPO step by step (each TRL step is followed by one drift iteration, run from a
 TRL callback). What each side does, and every difference that could not be removed, is listed under
-``differences`` in the JSON.
+``differences`` in the JSON. Cost on the 2-core CPU under heavy load (load average 12-18): 33 min measured for
+``--sft-prompts 8 --sft-samples 32 --prompts-per-step 4``; the smaller defaults are sized for about 20 min there.
 
 SFT: conversations from a real multi-turn rollout of the math environment (``--trajectories`` from ``drift rollout
 --env math``, or sampled here with drift's agent), weighted as DRIFT weighs them. Both sides train on exactly the
@@ -32,9 +31,11 @@ std-scaled group advantages, vLLM off.
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import dataclasses
 import gc
+import inspect
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ import random
 import statistics
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from dataclasses import dataclass
@@ -498,16 +500,23 @@ def versions() -> dict:
     return out
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """A dataclass's field docstrings (the string literal under each field), for ``--help``."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: doc.value.value for node, doc in zip(body, body[1:], strict=False)
+            if isinstance(node, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)}
+
+
 def parse_args(argv: list[str] | None = None) -> PeerConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults = PeerConfig()
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[:3]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults, docs = PeerConfig(), field_docs(PeerConfig)
     for f in dataclasses.fields(PeerConfig):
-        flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         kind = {"out": Path, "trajectories": Path, "model": str, "temperature": float, "learning_rate": float,
                 "beta": float, "gamma": float}.get(f.name, int)
-        parser.add_argument(flag, type=kind, default=default, dest=f.name)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, dest=f.name,
+                            help=f"{docs[f.name]} (default: {default})")
     args = parser.parse_args(argv)
     try:
         return PeerConfig(**vars(args))
