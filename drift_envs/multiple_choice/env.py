@@ -39,14 +39,15 @@ import gymnasium as gym
 import numpy as np
 
 from drift_envs.base import TextEnv, TextEnvConfig, Verdict
+from drift_envs.multiple_choice.datasets import SOURCES
 from drift_envs.multiple_choice.problems import (
     DEFAULT_KINDS,
     KINDS,
     LETTERS,
     MAX_GENERATED_CHOICES,
     MIN_CHOICES,
-    SOURCES,
     MCProblem,
+    generate_mc_problems,
 )
 from drift_envs.parsing import ParsedReply, ParseMode
 from drift_envs.verify import HEDGE_RE
@@ -129,11 +130,11 @@ def load_mc_problems(
     seed: int,
 ) -> tuple[MCProblem, ...]:
     """Problems of a source, cached: the rollout agent builds one environment per episode."""
-    from drift_envs.multiple_choice import problems as mc_problems
-
     if source == "procedural":
-        return tuple(mc_problems.generate_mc_problems(num_problems, split, kinds, seed, num_choices))
-    return tuple(mc_problems.load(source, path=path, split=split, limit=num_problems, name=name))
+        return tuple(generate_mc_problems(num_problems, split, kinds, seed, num_choices))
+    from drift_envs.multiple_choice import datasets as mc_datasets
+
+    return tuple(mc_datasets.load(source, path=path, split=split, limit=num_problems, name=name))
 
 
 # -- reading an answer --------------------------------------------------------------------
