@@ -28,6 +28,8 @@ from importlib.metadata import entry_points
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
+from drift_envs.base import TextEnv
+
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "drift.envs"
@@ -163,17 +165,13 @@ def accepted_arguments(env_id: str) -> frozenset[str] | None:
     A ``**kwargs`` parameter takes anything, except in a :class:`~drift_envs.base.TextEnv`, whose
     ``**overrides`` become fields of its ``config_class``: there the fields are what it takes.
     """
-    from drift_envs.base import TextEnv  # base imports this module's package: not at import time
-
     entry = gym.spec(env_id).entry_point
     try:
         creator = load_env_creator(entry) if isinstance(entry, str) else entry
-        target = creator.__init__ if isinstance(creator, type) else creator
-        parameters = list(inspect.signature(target).parameters.values())
+        # A class's own signature: its __init__ without self, or none at all when it defines no __init__.
+        parameters = list(inspect.signature(creator).parameters.values())
     except (TypeError, ValueError):  # a builtin or C callable: nothing to read
         return None
-    if isinstance(creator, type):
-        parameters = parameters[1:]  # self
     names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         if not (isinstance(creator, type) and issubclass(creator, TextEnv)):

@@ -108,6 +108,21 @@ def test_accepted_arguments() -> None:
     assert factory.kwargs == kwargs and factory.not_applied == {}
 
 
+class NoArgumentsEnv(gym.Env[str, str]):
+    """Defines no ``__init__``: its constructor takes nothing."""
+
+
+def test_an_env_without_init_takes_no_arguments() -> None:
+    gym.register("test_plain/NoArguments-v0", entry_point=NoArgumentsEnv)
+    try:
+        assert accepted_arguments("test_plain/NoArguments-v0") == frozenset()
+        factory = env_factory("test_plain/NoArguments-v0", {"split": "train"}, warn=False)
+        assert factory.kwargs == {} and set(factory.not_applied) == {"split"}
+        assert isinstance(factory().unwrapped, NoArgumentsEnv)
+    finally:
+        del gym.registry["test_plain/NoArguments-v0"]
+
+
 def test_settings_left_out_are_recorded_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
     env_id = resolve_env_id(SPEC)
     with caplog.at_level("WARNING"):
