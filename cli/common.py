@@ -156,6 +156,24 @@ def env_kwargs(*, max_turns: int | None = None, feedback: str | None = None, par
     return kwargs
 
 
+ENV_ARG_FLAGS = {"max_turns": "max_turns", "feedback": "feedback", "parse": "parse", "source": "source",
+                 "path": "data", "split": "split"}
+"""Environment arguments set by flags of `drift rollout` and `drift eval`, with the flag's parameter name."""
+
+
+def given_env_args(ctx: typer.Context, kwargs: dict[str, object], extra: list[str] | None) -> dict[str, str]:
+    """The environment arguments in ``kwargs`` that the user gave, each with its flag: ``--env-arg`` pairs and
+    flags not left at their defaults. The others (a default ``--split``, the ``max_actions`` that ``--max-turns``
+    implies) are drift's settings, applied only where the environment accepts them
+    (:func:`drift_envs.registry.env_factory`)."""
+    given = {name: "--env-arg" for name in parse_env_args(extra)}
+    for name, param in ENV_ARG_FLAGS.items():
+        source = ctx.get_parameter_source(param)
+        if name in kwargs and name not in given and source is not None and source.name != "DEFAULT":
+            given[name] = "--" + param.replace("_", "-")
+    return given
+
+
 def check_out_path(path: Path) -> Path:
     if not path.parent.exists():
         raise FileNotFoundError(f"output directory does not exist: {path.parent}")

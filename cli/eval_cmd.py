@@ -17,6 +17,7 @@ from drift_cli.common import (
     console,
     engine_config,
     env_kwargs,
+    given_env_args,
     setup_logging,
     user_errors,
 )
@@ -86,6 +87,7 @@ def eval_(
                 raise ValueError(f"--run takes {flags} from {run / 'config.json'}; leave them out")
             spec = run_evaluation(run, which)
             env_id, kwargs, cfg, model = spec.env_id, spec.env_args, spec.eval, spec.model
+            given: dict[str, str] = {}  # the run's settings, applied where the environment accepts them
             adapter = Path(spec.adapter) if spec.adapter else None
             name = spec.adapter or spec.model  # the name the run gave the model it evaluated
             env_label = env_id
@@ -94,9 +96,10 @@ def eval_(
                 raise ValueError("--which picks a model of a run: give --run RUN_DIR too")
             env_id = resolve_env_id(env)
             kwargs = env_kwargs(max_turns=max_turns, source=source, data=data, split=split, extra=env_arg)
+            given = given_env_args(ctx, kwargs, env_arg)
             cfg = EvalConfig(num_problems=num_problems, max_new_tokens=max_new_tokens, seed=seed)
             name, env_label = model, env
-        make = env_factory(env_id, kwargs)
+        make = env_factory(env_id, kwargs, explicit=given)
         generator = build_engine(engine_cfg, model, adapter=str(adapter) if adapter else None)
         reporter = RichReporter()
         writer = TrajectoryWriter(out.with_suffix(".jsonl")) if out is not None else None
@@ -114,5 +117,5 @@ def eval_(
         console.print(table)
         if out is not None:
             out.write_text(jsonio.dumps({"model": model, "adapter": str(adapter) if adapter else None, "env": env_label,
-                                       **result.to_dict()}, indent=2) + "\n")
+                                       **result.to_dict(), "env_args_not_applied": make.not_applied}, indent=2) + "\n")
             console.print(f"wrote {out}")

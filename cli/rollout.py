@@ -22,6 +22,7 @@ from drift_cli.common import (
     engine_config,
     env_kwargs,
     err_console,
+    given_env_args,
     progress_bar,
     setup_logging,
     user_errors,
@@ -34,6 +35,7 @@ ENV_ARG_HELP = "Extra environment argument key=value (repeatable; values parsed 
 
 
 def rollout(
+    ctx: typer.Context,
     env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = "smollm2-135m",
     num_prompts: Annotated[int, typer.Option(min=1, help="Problems to sample (groups of --n trajectories).")] = 32,
@@ -93,7 +95,7 @@ def rollout(
         env_id = resolve_env_id(env)
         kwargs = env_kwargs(max_turns=max_turns, feedback=feedback, parse=parse, source=source, data=data,
                             split=split, extra=env_arg)
-        make = env_factory(env_id, kwargs)
+        make = env_factory(env_id, kwargs, explicit=given_env_args(ctx, kwargs, env_arg))
         make().close()  # one environment first: bad environment arguments fail before the model loads
         if out is None:
             stem = env.replace("/", "_").replace(":", "_")
@@ -146,7 +148,7 @@ def rollout(
                  "resumed": resume, "episodes": summary.metrics.episodes,
                  "accuracy_per_turn": summary.metrics.accuracy, "multi_at_k": summary.metrics.multi,
                  "generated_tokens": summary.generated_tokens, "tokens_per_s": summary.tokens_per_s,
-                 "elapsed_s": summary.elapsed_s}
+                 "elapsed_s": summary.elapsed_s, "env_args_not_applied": make.not_applied}
         out.with_suffix(".summary.json").write_text(jsonio.dumps(stats) + "\n")
         console.print(f"wrote {writer.count} trajectories to [bold]{out}[/] (this run's share) "
                       f"(success within {summary.metrics.max_turns} turns: {pct(summary.metrics.overall)})")

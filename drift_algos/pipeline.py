@@ -56,7 +56,8 @@ class RunConfig:
     trajectories: Path | None = None
     """Start from these trajectories instead of sampling new ones."""
     env_args: dict[str, object] = field(default_factory=dict)
-    """Extra environment arguments (on top of the preset's)."""
+    """Extra environment arguments (on top of the preset's; `--env-arg`): unlike the preset's, each must be one the
+    environment accepts."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """The inference engine for rollouts and evaluation."""
 
@@ -125,10 +126,13 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     env_id = resolve_env_id(cfg.env)
     base_args = {**preset.env_args, "max_turns": preset.max_turns, "max_actions": preset.max_turns, **cfg.env_args}
-    train_env = env_factory(env_id, {**base_args, "split": "train"})
-    test_env = env_factory(env_id, {**base_args, "split": "test"})
+    # The user's env_args must apply; the preset's settings and the split apply where the environment accepts them.
+    given = {name: "--env-arg" for name in cfg.env_args if name != "split"}
+    train_env = env_factory(env_id, {**base_args, "split": "train"}, explicit=given)
+    test_env = env_factory(env_id, {**base_args, "split": "test"}, explicit=given, warn=False)  # warned once
     (out / "config.json").write_text(jsonio.dumps(
         {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
+         "env_args_not_applied": train_env.not_applied,
          "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset),
          "engine": asdict(cfg.engine)},
     ) + "\n")
