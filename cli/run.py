@@ -171,7 +171,8 @@ def run(
                                        f"{algo} on {env}: {result.base.metrics.episodes} held-out problems, greedy"))
         t = result.train
         if t is not None:
-            console.print(f"trained on {result.samples} samples ({result.skipped} trajectories skipped), "
+            empty = f", {result.empty_replies} with an empty last reply" if result.empty_replies else ""
+            console.print(f"trained on {result.samples} samples ({result.skipped} trajectories skipped{empty}), "
                           f"{t.steps} steps, {t.tokens:,} tokens in {t.elapsed_s:.0f} s ({t.tokens_per_s:.0f} tok/s)")
         else:
             console.print(online_table(result.online))

@@ -101,6 +101,9 @@ def train(
                              log_path=out / "train_log.jsonl", progress=update)
         reporter.done("train")
         trainer.save(out)
+        if sample_set.skipped:
+            empty = f", {sample_set.empty_replies} with an empty last reply" if sample_set.empty_replies else ""
+            console.print(f"{algo}: {sample_set.skipped} of {len(records)} trajectories not trained on{empty}")
         console.print(f"{algo}: {result.samples} samples, {result.steps} steps, final loss {result.final_loss:.4f}, "
                       f"{result.tokens:,} tokens in {result.elapsed_s:.0f} s ({result.tokens_per_s:.0f} tok/s)")
         console.print(f"checkpoint: [bold]{out}[/]")

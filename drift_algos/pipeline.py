@@ -87,6 +87,8 @@ class RunResult:
     """Trajectories left out by the algorithm."""
     online: OnlineResult | None = None
     """The iterations of an online algorithm."""
+    empty_replies: int = 0
+    """Of the skipped, trajectories whose last assistant message is blank (not trained on)."""
 
 
 class Reporter:
@@ -195,7 +197,8 @@ def _run_offline(cfg: RunConfig, algorithm: OfflineAlgorithm, model, tokenizer, 
     trained = _evaluate(engine, test_env, preset, env_id, str(out / "checkpoint"), out / "eval_trained.jsonl",
                         reporter, "eval trained")
 
-    result = RunResult(base, trained, train_result, rollout_summary, out, len(sample_set.samples), sample_set.skipped)
+    result = RunResult(base, trained, train_result, rollout_summary, out, len(sample_set.samples), sample_set.skipped,
+                       empty_replies=sample_set.empty_replies)
     _write_metrics(cfg, result, stats.to_dict(), sample_set.weight_mass_skipped)
     plot_multi_at_k(base, trained, out / "multi_at_k.png", title=f"{cfg.algo} on {cfg.env} ({preset.name} preset)")
     return result
@@ -272,7 +275,8 @@ def _write_metrics(cfg: RunConfig, result: RunResult, weight_stats: dict, mass_s
     t = result.train
     if t is not None:
         train = {"samples": result.samples, "skipped_trajectories": result.skipped,
-                 "weight_mass_skipped": mass_skipped, "steps": t.steps, "tokens": t.tokens,
+                 "empty_replies": result.empty_replies, "weight_mass_skipped": mass_skipped, "steps": t.steps,
+                 "tokens": t.tokens,
                  "target_tokens": t.target_tokens, "elapsed_s": t.elapsed_s, "tokens_per_s": t.tokens_per_s,
                  "final_loss": t.final_loss}
     else:
