@@ -412,6 +412,7 @@ class OpenAIEngine(Engine):
         cfg = self.cfg
         deadline: float | None = None  # set at the first failure
         retries = 0
+        error = "every server was down"
         while True:
             server, deadline = self._pool.acquire(abort, deadline, cfg.retry_budget_s)
             if abort.is_set():
@@ -419,14 +420,14 @@ class OpenAIEngine(Engine):
                     self._pool.returned(server)
                 raise _Aborted
             if server is None:
-                raise _Failed(f"no server was up for {cfg.retry_budget_s:.0f} s ({', '.join(cfg.base_urls)})")
+                raise _Failed(f"no server was up for {cfg.retry_budget_s:g} s (last error: {error})")
             url = server.url + path
             retry_after = None
             down = True
             try:
                 response = self._client.request(method, url, json=body)
             except httpx.TimeoutException:
-                error = f"{url}: no answer within {cfg.timeout_s:.0f} s"
+                error = f"{url}: no answer within {cfg.timeout_s:g} s"
             except httpx.TransportError as err:
                 error = f"{url}: {type(err).__name__}: {err}"
             else:
@@ -460,7 +461,7 @@ class OpenAIEngine(Engine):
             if retry_after is not None:
                 delay = max(delay, min(retry_after, cfg.max_backoff_s))
             if now + delay > deadline:
-                raise _Failed(f"{error} (retry budget of {cfg.retry_budget_s:.0f} s spent after {retries} retries)")
+                raise _Failed(f"{error} (retry budget of {cfg.retry_budget_s:g} s spent after {retries} retries)")
             retries += 1
             logger.info("%s; retry %d/%d in %.1f s", error, retries, cfg.max_retries, delay)
             if abort.wait(delay):
