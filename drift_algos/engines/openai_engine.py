@@ -482,22 +482,24 @@ class OpenAIEngine(Engine):
             served_prompt = choice.get("prompt_token_ids")
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         stop_reason = choice.get("stop_reason")
-        if isinstance(stop_reason, str) and stop_reason in params.stop and not text.endswith(stop_reason):
+        token_ids = choice.get("token_ids")
+        if token_ids is not None:
+            token_ids = [int(t) for t in token_ids]
+            # vLLM keeps the EOS (or other stop token) that ended the reply among the ids, and with
+            # include_stop_str_in_output its text too; drift's engines keep neither.
+            by_token = finish == "stop" and not isinstance(stop_reason, str) and token_ids
+            if by_token and (token_ids[-1] == self._eos_id or isinstance(stop_reason, int)):
+                token_ids = token_ids[:-1]
+                if logprobs is not None and len(logprobs) > len(token_ids):
+                    logprobs = logprobs[: len(token_ids)]
+            text = self.tokenizer.decode(token_ids, skip_special_tokens=True)  # as the in-process engines decode
+        elif isinstance(stop_reason, str) and stop_reason in params.stop and not text.endswith(stop_reason):
             text += stop_reason  # a server that drops the stop string it stopped at (drift keeps it)
         text, stopped = cut_at_stop(text, params.stop)
         if stopped:
             finish = "stop"
-        token_ids = choice.get("token_ids")
         if token_ids is None:
             token_ids = self.encode(text)  # no ids from the server: the text re-encoded
-        else:
-            token_ids = [int(t) for t in token_ids]
-            # vLLM keeps the EOS (or stop token) that ended the reply among the ids; drift's engines do not.
-            ended_by_token = finish == "stop" and not isinstance(stop_reason, str) and not stopped
-            if ended_by_token and token_ids and (token_ids[-1] == self._eos_id or isinstance(stop_reason, int)):
-                token_ids = token_ids[:-1]
-                if logprobs is not None and len(logprobs) > len(token_ids):
-                    logprobs = logprobs[: len(token_ids)]
         if not params.logprobs:
             logprobs = None
         ids = [int(t) for t in served_prompt] if served_prompt is not None else list(prompt_ids)
