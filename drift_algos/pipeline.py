@@ -134,7 +134,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     (out / "config.json").write_text(jsonio.dumps(
         {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
          "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset),
-         "engine": asdict(cfg.engine)},
+         "engine": asdict(cfg.engine),
+         "eval_engine": "transformers" if engine_class(cfg.engine.name).remote else cfg.engine.name},
     ) + "\n")
 
     reporter.stage("loading model")

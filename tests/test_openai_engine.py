@@ -567,5 +567,6 @@ def test_run_takes_rollouts_from_the_server_and_evaluates_in_process(server: Ser
     assert result.exit_code == 0, result.output
     turns = sum(len(json.loads(line)["turn_tokens"]) for line in (out / "trajectories.jsonl").read_text().splitlines())
     assert server.served() - before == turns  # every rollout reply came from the server, no evaluation reply did
+    assert json.loads((out / "config.json").read_text())["eval_engine"] == "transformers"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rollout"]["episodes"] == 4 and metrics["base"]["episodes"] == metrics["trained"]["episodes"] == 3

@@ -6,11 +6,15 @@ would feed the model, so a trajectory is token for token one that ``--engine tra
 With ``api="chat"`` the conversation goes to ``/v1/chat/completions`` instead and the server renders it (the reply
 prefix is then sent as an unfinished assistant message, see :class:`OpenAIConfig`).
 
-What comes back from the server, per sample: the text always; the prompt and completion token ids and each sampled
-token's log-probability where the server gives them (vLLM does, through its ``return_token_ids`` extension and the
-standard ``logprobs`` field). A server that returns no token ids gets the completion text re-encoded with the
-tokenizer (which can split differently from what was sampled) and the prompt ids drift sent; one that returns no
-log-probs leaves ``Completion.logprobs`` as ``None``.
+What comes back from the server, per sample: the prompt and completion token ids and each sampled token's
+log-probability (under the model, before temperature: vLLM's default ``raw_logprobs``) where the server gives them;
+vLLM does, through its ``return_token_ids`` extension and the standard ``logprobs`` field. The text is then the ids
+decoded by the tokenizer, cut after the first stop string, and a reply that ended on an EOS (or another stop token)
+loses it, exactly as the in-process engines report it. A server that returns no token ids gives its text (a stop
+string it dropped is put back from vLLM-style ``stop_reason``) re-encoded with the tokenizer, which can split
+differently from what was sampled, and the prompt ids drift sent; one that returns no log-probs leaves
+``Completion.logprobs`` as ``None``. Online training needs exact ids: it runs in-process anyway (the servers cannot
+take the trained weights).
 
 Requests: one per sample, each with its own ``seed`` (``derive_seed(seed_i, k)`` as every drift engine uses), so a
 seeded sample does not depend on what else is in flight, where the server honours seeds and computes batch-invariantly.
@@ -351,8 +355,13 @@ class OpenAIEngine(Engine):
                     except LookupError:
                         pass
                 matching = [m for m in listed if m in wanted]
-                if len(listed) == 1 or len(matching) == 1:
-                    self._model_name = matching[0] if matching else listed[0]
+                if len(matching) == 1:
+                    self._model_name = matching[0]
+                elif len(listed) == 1:
+                    self._model_name = listed[0]
+                    if self.model_spec:
+                        logger.warning("the server serves %s; drift renders prompts with the tokenizer of %s: they "
+                                       "must be the same model", listed[0], self.model_spec)
                 else:
                     names = ", ".join(listed[:5]) or "none"
                     raise ValueError(f"{self.cfg.base_urls[0]}/models lists {len(listed)} models ({names}): pick one "
