@@ -570,3 +570,20 @@ def test_run_takes_rollouts_from_the_server_and_evaluates_in_process(server: Ser
     assert json.loads((out / "config.json").read_text())["eval_engine"] == "transformers"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rollout"]["episodes"] == 4 and metrics["base"]["episodes"] == metrics["trained"]["episodes"] == 3
+
+
+@needs_vllm
+def test_eval_on_the_server_equals_eval_in_process(server: Server, model_dir: Path, tmp_path: Path) -> None:
+    """Greedy multi-turn evaluation, every reply from the server: the same conversations, word for word."""
+    before = server.served()
+    common = ["eval", "--model", str(model_dir), "--env", "math", "--num-problems", "3", "--max-turns", "2",
+              "--max-new-tokens", "8"]
+    remote = runner.invoke(app, [*common, "--engine", "openai", "--base-url", server.url, "--out",
+                                 str(tmp_path / "remote.json")])
+    assert remote.exit_code == 0, remote.output
+    local = runner.invoke(app, [*common, "--out", str(tmp_path / "local.json")])
+    assert local.exit_code == 0, local.output
+    rows = {name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("remote", "local")}
+    assert [r["messages"] for r in rows["remote"]] == [r["messages"] for r in rows["local"]]
+    assert server.served() - before == sum(len(r["turn_tokens"]) for r in rows["remote"]) >= 3
