@@ -12,6 +12,7 @@ from drift_algos.evaluation.evaluator import EvalConfig
 from drift_cli.common import (
     ApiKeyEnvOption,
     BaseUrlOption,
+    EngineArgOption,
     EngineOption,
     ThreadsOption,
     console,
@@ -54,6 +55,7 @@ def eval_(
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,
+    engine_arg: EngineArgOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the environments' resets (the multiple-choice letters) and the "
                                       "bootstrap; `drift run`'s default.")] = EvalConfig.seed,
     run: Annotated[Path | None, typer.Option("--run", help=RUN_HELP)] = None,
@@ -77,7 +79,7 @@ def eval_(
         if out is not None and not out.parent.exists():
             raise FileNotFoundError(f"output directory does not exist: {out.parent}")
         engine_cfg = engine_config(engine, batch_size=batch_size, threads=threads, base_url=base_url,
-                                   api_key_env=api_key_env)
+                                   api_key_env=api_key_env, engine_arg=engine_arg)
         if run is not None:
             # A flag given on the command line (not left at its default) would be silently overridden.
             clash = [name for name in RUN_SETTINGS

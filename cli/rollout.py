@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from drift_algos import jsonio
 from drift_algos.rollout.collection import CollectionMeta, Shard, rewrite_complete, scan
 from drift_cli.common import (
+    EXIT_TEMPFAIL,
     ApiKeyEnvOption,
     BaseUrlOption,
+    EngineArgOption,
     EngineOption,
     ThreadsOption,
     check_out_path,
@@ -61,6 +64,7 @@ def rollout(
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,
+    engine_arg: EngineArgOption = None,
     max_live: Annotated[int, typer.Option(min=1, help="Episodes in flight at once (bounds memory; whole groups "
                                           "start together).")] = 256,
     shard: Annotated[str, typer.Option(help="Collect share I of K of the groups (groups g with g % K == I), "
@@ -86,12 +90,12 @@ def rollout(
 
         from drift_algos.engines import build_engine
         from drift_algos.records import TrajectoryWriter
-        from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
+        from drift_algos.rollout.agent import RolloutAgent, RolloutConfig, RolloutFailed
         from drift_envs import resolve_env_id
         from drift_envs.registry import env_factory
 
         engine_cfg = engine_config(engine, batch_size=batch_size, threads=threads, base_url=base_url,
-                                   api_key_env=api_key_env)
+                                   api_key_env=api_key_env, engine_arg=engine_arg)
         env_id = resolve_env_id(env)
         kwargs = env_kwargs(max_turns=max_turns, feedback=feedback, parse=parse, source=source, data=data,
                             split=split, extra=env_arg)
@@ -131,6 +135,7 @@ def rollout(
         else:
             meta.save(out)
         interrupted = False
+        failure: RolloutFailed | None = None
         with TrajectoryWriter(out, append=resume) as writer, progress_bar() as bar:
             task = bar.add_task("rollout", total=len(groups) * n, extra="")
             update = lambda done, total, tokens: bar.update(task, completed=done, extra=f"{tokens:,} tok")  # noqa: E731
@@ -139,6 +144,12 @@ def rollout(
                                        progress=update)
             except KeyboardInterrupt:
                 interrupted = True
+            except RolloutFailed as err:
+                failure = err
+        if failure is not None:
+            err_console.print(f"[bold red]error:[/] {escape(str(failure))}; {writer.count} trajectories are in {out}: "
+                              "finish with the same command and --resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_TEMPFAIL)
         if interrupted:
             err_console.print(f"interrupted: {writer.count} trajectories written to {out}; finish with the same "
                               "command and --resume")

@@ -14,6 +14,7 @@ from rich.table import Table
 from drift_cli.common import (
     ApiKeyEnvOption,
     BaseUrlOption,
+    EngineArgOption,
     EngineOption,
     ThreadsOption,
     console,
@@ -123,6 +124,7 @@ def run(
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,
+    engine_arg: EngineArgOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
     """Collect rollouts from the reference model, weigh them, train, and evaluate base vs trained.
@@ -140,7 +142,8 @@ def run(
         from drift_algos.pipeline import run as run_pipeline
         from drift_algos.presets import get_preset
 
-        engine_cfg = engine_config(engine, threads=threads, base_url=base_url, api_key_env=api_key_env)
+        engine_cfg = engine_config(engine, threads=threads, base_url=base_url, api_key_env=api_key_env,
+                                   engine_arg=engine_arg)
         p = get_preset(preset)
         p.rollout = dataclasses.replace(p.rollout, seed=seed, **{k: v for k, v in dict(
             num_prompts=num_prompts, n=n, temperature=temperature).items() if v is not None})

@@ -10,7 +10,9 @@ A run directory holds everything a run made::
                           which sample with their current policy instead of trajectories.jsonl and weighted.jsonl;
                           online_curve.png plots reward and success per iteration)
     checkpoint/           the trained model or LoRA adapter (Hugging Face / PEFT format)
-    eval_base.jsonl       evaluation episodes of the reference model (eval_trained.jsonl: trained)
+    eval_base.jsonl       evaluation episodes of the reference model (eval_trained.jsonl: trained); with a server
+                          engine (--engine openai) only the rollouts come from the servers, which cannot hold the
+                          trained weights: both evaluations run in-process, on one engine
     metrics.json          base vs trained metrics with 95% intervals, costs
     multi_at_k.png        multi@k of base vs trained
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from drift_algos import jsonio
 from drift_algos.algorithms import GRPO, PPO, Drift, OfflineAlgorithm, OnlineAlgorithm, algorithm_class
-from drift_algos.engines import Engine, EngineConfig, build_engine
+from drift_algos.engines import Engine, EngineConfig, build_engine, engine_class
 from drift_algos.evaluation.evaluator import EvalResult, evaluate, paired_difference
 from drift_algos.presets import Preset
 from drift_algos.records import TrajectoryWriter, read_trajectories
@@ -62,7 +64,9 @@ class RunConfig:
     """The inference engine for rollouts and evaluation."""
 
     def __post_init__(self) -> None:
-        algorithm_class(self.algo)
+        if issubclass(algorithm_class(self.algo), OnlineAlgorithm) and engine_class(self.engine.name).remote:
+            raise ValueError(f"--engine {self.engine.name}: {self.algo} samples from the policy it is training, which "
+                             "no server holds; use an in-process engine (--engine transformers)")
         if self.trajectories is not None and not Path(self.trajectories).is_file():
             raise FileNotFoundError(f"trajectories file not found: {self.trajectories}")
 
@@ -136,7 +140,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
         {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
          "env_args_not_applied": train_env.not_applied,
          "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset),
-         "engine": asdict(cfg.engine)},
+         "engine": asdict(cfg.engine),
+         "eval_engine": "transformers" if engine_class(cfg.engine.name).remote else cfg.engine.name},
     ) + "\n")
 
     reporter.stage("loading model")
@@ -146,16 +151,26 @@ def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
     if isinstance(algorithm, OnlineAlgorithm) and cfg.trajectories is not None:
         raise ValueError(f"{cfg.algo} samples with its own policy; it cannot start from --trajectories")
     engine = build_engine(cfg.engine, cfg.model, loaded=(model, tokenizer))
+    # A server engine samples what its servers hold, never the trained weights: the servers then do the rollouts
+    # and both evaluations run in-process, so base and trained are compared on one engine.
+    in_process = EngineConfig(batch_size=cfg.engine.batch_size, threads=cfg.engine.threads)
+    evaluator = build_engine(in_process, cfg.model, loaded=(model, tokenizer)) if engine.remote else engine
+    if evaluator is not engine:
+        logger.info("rollouts from the %s engine; evaluation in-process (%s)", engine.name, evaluator.name)
     try:
         if isinstance(algorithm, OnlineAlgorithm):
             return _run_online(cfg, algorithm, model, tokenizer, engine, train_env, test_env, env_id, reporter)
-        return _run_offline(cfg, algorithm, model, tokenizer, engine, train_env, test_env, env_id, reporter)
+        return _run_offline(cfg, algorithm, model, tokenizer, engine, evaluator, train_env, test_env, env_id,
+                            reporter)
     finally:
         engine.close()
+        if evaluator is not engine:
+            evaluator.close()
 
 
-def _run_offline(cfg: RunConfig, algorithm: OfflineAlgorithm, model, tokenizer, engine: Engine,
+def _run_offline(cfg: RunConfig, algorithm: OfflineAlgorithm, model, tokenizer, engine: Engine, evaluator: Engine,
                  train_env, test_env, env_id: str, reporter: Reporter) -> RunResult:
+    """Rollouts from ``engine``; both evaluations on ``evaluator`` (``engine`` itself unless it is a server's)."""
     preset, out = cfg.preset, Path(cfg.out_dir)
     traj_path = out / "trajectories.jsonl"
     rollout_summary = None
@@ -177,7 +192,7 @@ def _run_offline(cfg: RunConfig, algorithm: OfflineAlgorithm, model, tokenizer, 
     (out / "weight_stats.json").write_text(jsonio.dumps(stats.to_dict()) + "\n")
 
     reporter.stage("evaluating the reference model")
-    base = _evaluate(engine, test_env, preset, env_id, cfg.model, out / "eval_base.jsonl", reporter, "eval base")
+    base = _evaluate(evaluator, test_env, preset, env_id, cfg.model, out / "eval_base.jsonl", reporter, "eval base")
 
     reporter.stage(f"training ({cfg.algo})")
     sample_set = algorithm.samples(trajectories)
@@ -193,8 +208,8 @@ def _run_offline(cfg: RunConfig, algorithm: OfflineAlgorithm, model, tokenizer, 
     trainer.save(out / "checkpoint")
 
     reporter.stage("evaluating the trained model")
-    engine.update_weights(trainer.model)
-    trained = _evaluate(engine, test_env, preset, env_id, str(out / "checkpoint"), out / "eval_trained.jsonl",
+    evaluator.update_weights(trainer.model)
+    trained = _evaluate(evaluator, test_env, preset, env_id, str(out / "checkpoint"), out / "eval_trained.jsonl",
                         reporter, "eval trained")
 
     result = RunResult(base, trained, train_result, rollout_summary, out, len(sample_set.samples), sample_set.skipped,
