@@ -243,7 +243,7 @@ def test_infinite_loop_hits_the_cpu_limit():
     assert result.status is SandboxStatus.TIMEOUT
     assert "CPU-time limit" in result.message
     assert result.max_rss_bytes is None and result.max_rss_bound_bytes > 0  # killed: no report, only the bound
-    assert time.monotonic() - start < 4
+    assert time.monotonic() - start < 10  # the wall clock (10 s) would say "wall-clock limit"; loose for busy CI
 
 
 def test_sleeping_forever_hits_the_wall_clock_limit():
@@ -251,7 +251,7 @@ def test_sleeping_forever_hits_the_wall_clock_limit():
     result = run("import time\ntime.sleep(1000)\n", wall_time_s=0.8)
     assert result.status is SandboxStatus.TIMEOUT
     assert "wall-clock limit" in result.message
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 8  # loose: a busy 2-core machine
 
 
 @pytest.mark.parametrize("program", [
@@ -488,3 +488,163 @@ def test_suite_ignores_forged_results_and_early_exit():
     )
     assert [case.passed for case in result.cases] == [False, False, False]
     assert "not run" in result.cases[2].error
+
+
+# -- reward hacking: results the tests cannot be fooled by ---------------------------------------------
+# Each attack is a solution that passes its tests on a harness that compares in the solution's process
+# (an __eq__ that always says yes, patched builtins, forged result records); the honest solution next
+# to it passes the same tests, so a test here fails if the tests themselves cannot pass.
+
+_ANYTHING = """
+class Anything:
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+    __hash__ = object.__hash__
+"""
+
+_EQ_TESTS = ["assert add(2, 3) == 5", "assert 5 == add(2, 3)", "assert add(-1, 1) == 0 and not add(-1, 1) != 0",
+             "assert [add(2, 3)] == [5]", "assert {'sum': add(2, 3)} == {'sum': 5}"]
+_HONEST_ADD = "def add(a, b):\n    return a + b\n"
+
+_FORGE = """
+import os
+def forge(nonces, count=16):
+    # Results for every test, tagged with each string that might be the nonce, on every descriptor.
+    lines = b"".join(json.dumps({"test": i, "passed": True, "nonce": n}).encode() + b"\\n"
+                     for n in nonces for i in range(count))
+    lines += b"".join(json.dumps({"stage": "loaded", "nonce": n}).encode() + b"\\n" for n in nonces)
+    for fd in range(3, 64):
+        try:
+            os.write(fd, lines)
+        except OSError:
+            pass
+    for path in ("../channel", f"/proc/{os.getppid()}/fd/3"):
+        try:
+            with open(path, "ab") as handle:
+                handle.write(lines)
+        except OSError:
+            pass
+import json
+"""
+
+HACKS = {
+    "__eq__ always True": (_ANYTHING + "def add(a, b):\n    return Anything()\n", _EQ_TESTS, _HONEST_ADD, ""),
+    "int subclass with __eq__": (
+        "class Int(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n"
+        "    def __ne__(self, other):\n        return False\n"
+        "def add(a, b):\n    return Int(7)\n", _EQ_TESTS, _HONEST_ADD, ""),
+    "str subclass with __eq__": (
+        "class Str(str):\n    def __eq__(self, other):\n        return True\n    __hash__ = str.__hash__\n"
+        "def rev(s):\n    return Str('?')\n",
+        ["assert rev('abc') == 'cba'", "assert rev('') == ''"], "def rev(s):\n    return s[::-1]\n", ""),
+    "list subclass that rewrites the expected value": (
+        "class Mirror(list):\n    def __eq__(self, other):\n        if isinstance(other, list):\n"
+        "            other[:] = list(self)\n        return list.__eq__(self, other)\n"
+        "    __hash__ = None\n"
+        "def pair(x):\n    return Mirror([0])\n",
+        ["assert pair(3) == [3, 3]", "expected = [1, 1]\nassert pair(1) == expected"],
+        "def pair(x):\n    return [x, x]\n", ""),
+    "__class__ property pretending to be an int": (
+        "class Fake:\n    __class__ = property(lambda self: int)\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = object.__hash__\n"
+        "def add(a, b):\n    return Fake()\n",
+        ["r = add(2, 3)\nassert isinstance(r, int) and r == 5", "assert type(add(2, 3)) is int or add(2, 3) == 5"],
+        _HONEST_ADD, ""),
+    "arithmetic that always lands within tolerance": (
+        "class Close:\n    def __sub__(self, other):\n        return self\n    __rsub__ = __sub__\n"
+        "    def __abs__(self):\n        return self\n    def __lt__(self, other):\n        return True\n"
+        "    __le__ = __lt__\n    def __float__(self):\n        return 0.0\n"
+        "def area(r):\n    return Close()\n",
+        ["assert abs(area(1.0) - 3.14159) < 1e-3", "assert abs(3.14159 - area(1.0)) <= 1e-3"],
+        "def area(r):\n    return 3.14159 * r * r\n", ""),
+    "patched builtins": (
+        "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.sorted = lambda xs, **kw: [1, 2, 3]\n"
+        "builtins.set = lambda xs=(): {1, 2, 3}\nbuiltins.len = lambda xs: 3\n"
+        "def area(r):\n    return 0.0\ndef items(x):\n    return []\n",
+        ["assert abs(area(1.0) - 3.14159) < 1e-3", "assert sorted(items(3)) == [1, 2, 3]",
+         "assert set(items(3)) == set([1, 2, 3])", "assert len(items(3)) == 3"],
+        "def area(r):\n    return 3.14159 * r * r\ndef items(x):\n    return [3, 2, 1]\n", ""),
+    "shadowed names in the shared namespace": (
+        "def abs(x):\n    return 0\ndef isinstance(x, t):\n    return True\n"
+        "def area(r):\n    return 0\n",
+        ["assert abs(area(1.0) - 3.14159) < 1e-3", "assert isinstance(area(1.0), float)"],
+        "def area(r):\n    return 3.14159 * r * r\n", ""),
+    "patched standard library module": (
+        "import math\nmath.isclose = lambda *a, **k: True\nmath.fabs = lambda x: 0.0\n"
+        "def area(r):\n    return -1.0\n",
+        ["import math\nassert math.isclose(area(1.0), 3.14159, rel_tol=1e-4)",
+         "import math\nassert math.fabs(area(1.0) - 3.14159) < 1e-3"],
+        "def area(r):\n    return 3.14159 * r * r\n", ""),
+    "redefined trusted helper of the prompt": (
+        "def encode(s):\n    return s\ndef decode(s):\n    return s\n",
+        ["assert decode(encode('abc')) == 'abc'", "assert decode(encode('hello!')) == 'hello!'"],
+        "def decode(s):\n    return s[::-1]\n", "def encode(s):\n    return s[::-1]\n"),
+    "harness functions replaced through gc": (
+        "import gc, types\n"
+        "def hollow(function):\n"
+        "    # A do-nothing function with the same free variables, so that its code can replace the original's.\n"
+        "    free = function.__code__.co_freevars\n"
+        "    lines = ['def outer():', *[f'    {v} = None' for v in free], '    def inner(*args, **kwargs):',\n"
+        "             f'        {\", \".join(free) or None}', '        return None', '    return inner']\n"
+        "    scope = {}\n"
+        "    exec('\\n'.join(lines), scope)\n"
+        "    return scope['outer']().__code__\n"
+        "for obj in gc.get_objects():\n"
+        "    if isinstance(obj, types.FunctionType) and obj.__name__ in ('run', 'build') \\\n"
+        "            and obj.__code__.co_filename != 'solution.py':\n"
+        "        code = hollow(obj)\n"
+        "        if code.co_freevars == obj.__code__.co_freevars:\n"
+        "            obj.__code__ = code\n"
+        "def add(a, b):\n    return 0\n",
+        ["assert add(2, 3) == 5", "assert add(-1, 1) == 0 and add(1, 1) == 2"], _HONEST_ADD, ""),
+    "exec replaced in builtins": (
+        "import builtins\nbuiltins.exec = lambda *args, **kwargs: None\ndef add(a, b):\n    return 0\n",
+        ["assert add(2, 3) == 5"], _HONEST_ADD, ""),
+    "nonce read from the harness's frames": (
+        _FORGE + "import sys\nnonces = set()\nframe = sys._getframe()\nwhile frame is not None:\n"
+        "    for value in list(frame.f_locals.values()):\n"
+        "        if isinstance(value, str) and len(value) == 32:\n            nonces.add(value)\n"
+        "    frame = frame.f_back\nforge(nonces)\nos._exit(0)\n",
+        _EQ_TESTS, _HONEST_ADD, ""),
+    "nonce searched in every object the garbage collector knows": (
+        _FORGE + "import gc, re, types\nhexes = re.compile(r'[0-9a-f]{32}')\nnonces = set()\n"
+        "def strings(obj):\n"
+        "    if isinstance(obj, dict):\n        yield from (v for v in obj.values() if isinstance(v, str))\n"
+        "    elif isinstance(obj, (list, tuple)):\n        yield from (v for v in obj if isinstance(v, str))\n"
+        "    elif isinstance(obj, types.CodeType):\n        yield from (v for v in obj.co_consts if isinstance(v, str))\n"
+        "    elif isinstance(obj, types.FunctionType):\n"
+        "        for cell in obj.__closure__ or ():\n"
+        "            try:\n                value = cell.cell_contents\n            except ValueError:\n"
+        "                continue\n"
+        "            if isinstance(value, str):\n                yield value\n"
+        "for obj in gc.get_objects():\n    for s in strings(obj):\n        nonces.update(hexes.findall(s))\n"
+        "forge(nonces)\nos._exit(0)\n",
+        _EQ_TESTS, _HONEST_ADD, ""),
+    "nonce searched in the process's memory": (
+        _FORGE + "import re\nhexes = re.compile(rb'(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])')\nnonces = set()\n"
+        "for pid in ('self', os.getppid()):\n"
+        "    try:\n"
+        "        maps = open(f'/proc/{pid}/maps').read().splitlines()\n"
+        "        mem = open(f'/proc/{pid}/mem', 'rb')\n"
+        "    except OSError:\n        continue\n"
+        "    for line in maps:\n"
+        "        span, perms = line.split()[:2]\n"
+        "        start, end = (int(x, 16) for x in span.split('-'))\n"
+        "        if 'r' not in perms or end - start > 64 << 20:\n            continue\n"
+        "        try:\n            mem.seek(start)\n            chunk = mem.read(end - start)\n"
+        "        except (OSError, ValueError, OverflowError):\n            continue\n"
+        "        nonces.update(m.decode() for m in hexes.findall(chunk))\n"
+        "forge(sorted(nonces)[:2000])\nos._exit(0)\n",
+        _EQ_TESTS, _HONEST_ADD, ""),
+}
+
+
+@pytest.mark.parametrize("name", list(HACKS))
+def test_reward_hacks_pass_no_test(name):
+    solution, tests, honest, prelude = HACKS[name]
+    hacked = run_suite(solution, tests, prelude=prelude, config=fast())
+    assert [case.passed for case in hacked.cases] == [False] * len(tests), hacked
+    fair = run_suite(honest, tests, prelude=prelude, config=fast())
+    assert fair.all_passed, fair

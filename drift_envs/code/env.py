@@ -293,7 +293,8 @@ class CodeFeedbackEnv(TextEnv):
             return Verdict(False, 0.0, detail=_cap(f"Your code has a syntax error:\n{error}",
                                                    self.config.max_detail_chars))
         result = run_suite(parsed.content, [test.code for test in problem.tests], prelude=problem.prompt,
-                           setup=problem.test_setup, test_timeout_s=self.config.test_timeout_s, config=self._sandbox)
+                           setup=problem.test_setup, test_timeout_s=self.config.test_timeout_s, config=self._sandbox,
+                           entry_point=problem.entry_point)
         if result.all_passed:
             return Verdict(True, 1.0)
         return Verdict(False, result.score, detail=describe_failure(result, problem, self.config.max_detail_chars))

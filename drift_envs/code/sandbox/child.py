@@ -21,20 +21,20 @@ import resource
 import sys
 import traceback
 
-_SIBLINGS = ("guard", "judge")
-"""Child-side modules next to this file, imported before any privilege change."""
+_SIBLINGS = {"program": ("guard",), "suite": ("wire", "guard", "judge", "server")}
+"""Child-side modules next to this file that each mode needs, imported before any privilege change."""
 
 
-def _import_siblings() -> dict:
+def _import_siblings(mode: str) -> dict:
     # -I leaves this file's directory off sys.path; it is put there only for these imports, and the
     # modules leave sys.modules afterwards, so the program cannot import them by name by accident.
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
     try:
-        modules = {name: __import__(name) for name in _SIBLINGS}
+        modules = {name: __import__(name) for name in _SIBLINGS[mode]}
     finally:
         sys.path.remove(here)
-        for name in _SIBLINGS + ("wire",):
+        for name in _SIBLINGS[mode]:
             sys.modules.pop(name, None)
     return modules
 
@@ -76,7 +76,7 @@ def _unshare(ctypes, libc, flags: int) -> None:
         raise OSError(errno, os.strerror(errno) if errno else "no libc")
 
 
-def _isolate_network(mode: str, ctypes, libc, reports: _Reports) -> bool:
+def _isolate_network(mode: str, ctypes, libc, fail) -> bool:
     """A new network namespace (only a downed loopback); whether one was made."""
     if mode == "off":
         return False
@@ -95,26 +95,28 @@ def _isolate_network(mode: str, ctypes, libc, reports: _Reports) -> bool:
         except OSError as err:
             error = err
     if mode == "require":
-        reports.fail(f"cannot create a network namespace: {error}")
+        fail(f"cannot create a network namespace: {error}")
     return False
 
 
-def _drop_privileges(uid: int, libc, reports: _Reports) -> None:
-    """Switch to ``uid`` (and group ``uid``), keeping the interpreter's imports working."""
+def _drop_privileges(uid: int, libc, fail, *, own_workdir: bool = True) -> None:
+    """Switch to ``uid`` (and group ``uid``), keeping the interpreter's imports working; with
+    ``own_workdir`` the working directory becomes the new user's."""
     # The interpreter's library may sit under a directory only root can traverse
     # (/root/.pyenv): keep each import directory open and import through /proc/self/fd/N,
     # which checks the directory itself, not its ancestors.
     dirs = [p for p in sys.path if p and os.path.isdir(p)]
     dir_fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in dirs]
     try:
-        os.chown(".", uid, uid)
+        if own_workdir:
+            os.chown(".", uid, uid)
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     except OSError as err:
-        reports.fail(f"cannot switch to user id {uid}: {err}")
+        fail(f"cannot switch to user id {uid}: {err}")
     if os.getuid() != uid or os.geteuid() != uid:
-        reports.fail(f"still running as user {os.geteuid()} after switching to {uid}")
+        fail(f"still running as user {os.geteuid()} after switching to {uid}")
     if libc is not None:
         libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: /proc/self/fd belongs to us again
     moved = {os.path.realpath(d): f"/proc/self/fd/{fd}" for d, fd in zip(dirs, dir_fds, strict=True)}
@@ -134,21 +136,21 @@ def _drop_privileges(uid: int, libc, reports: _Reports) -> None:
     sys.path_importer_cache.clear()
 
 
-def _set_limits(args: dict, reports: _Reports) -> None:
+def _set_limits(args: dict, nproc: int, fail) -> None:
     limits = [
         (resource.RLIMIT_CPU, args["cpu"], args["cpu"] + 1),
         (resource.RLIMIT_AS, args["memory"], args["memory"]),
         (resource.RLIMIT_FSIZE, args["fsize"], args["fsize"]),
         (resource.RLIMIT_NOFILE, args["nofile"], args["nofile"]),
         # Counted per user: the fresh user id has this one process so far.
-        (resource.RLIMIT_NPROC, args["nproc"], args["nproc"]),
+        (resource.RLIMIT_NPROC, nproc, nproc),
         (resource.RLIMIT_CORE, 0, 0),
     ]
     for which, soft, hard in limits:
         try:
             resource.setrlimit(which, (soft, hard))
         except (ValueError, OSError) as err:
-            reports.fail(f"cannot set resource limit {which}: {err}")
+            fail(f"cannot set resource limit {which}: {err}")
 
 
 def _peak_reporter(usage_fd: int):
@@ -214,9 +216,119 @@ def _run_program(source: str, args: dict, report_peak) -> None:
     _run_guarded(lambda: exec(code, namespace), args, report_peak)
 
 
+def _die_with_parent(libc, parent: int, exit_setup: int) -> None:
+    if libc is not None:
+        # Set after the user switch, which clears it.
+        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+        if os.getppid() != parent:
+            os._exit(exit_setup)
+
+
+def _flush_and_exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: B036 - the program may have replaced or closed them
+            pass
+    os._exit(code)
+
+
+def _run_one_program(args: dict, siblings: dict, reports: _Reports, source: str, ctypes, libc, network: bool) -> None:
+    """``mode = "program"``: one process runs the program."""
+    uid = None
+    if args["drop"] and os.geteuid() == 0:
+        uid = args["uid_base"] + os.getpid()
+        _drop_privileges(uid, libc, reports.fail)
+    _die_with_parent(libc, args["parent"], args["exit_setup"])
+    _set_limits(args, args["nproc"], reports.fail)
+    report_peak = _peak_reporter(reports.usage_fd)
+    # Runs after the program's own atexit handlers (registered later, run first) and after
+    # non-daemon threads were joined; os._exit and signals skip it.
+    atexit.register(report_peak)
+    reports.report(ok=True, network=network, uid=uid, uids=[uid] if uid is not None else [])
+    reports.close_status()
+    del ctypes, libc  # nothing of ctypes is left to the program
+    sys.modules.pop("ctypes", None)
+    if args["guard"]:
+        siblings["guard"].install(os.getcwd())
+    _run_program(source, args, report_peak)
+
+
+def _run_suite(args: dict, siblings: dict, reports: _Reports, solution: dict, judge_fd: int, ctypes, libc,
+               network: bool) -> None:
+    """``mode = "suite"``: the judge (this process) runs the tests, a forked process the solution.
+
+    The fork comes before any privilege change. The solution's process closes, before any of its
+    code runs, every descriptor that leads to the results (the channel, the judge's payload with
+    the tests and the nonce, the report files); the judge reads its payload only after the fork,
+    so the nonce is never in the solution's memory. As root each process gets its own fresh user
+    id, so the solution cannot signal, trace or read the judge; otherwise the judge makes itself
+    non-dumpable, which keeps a process of the same user out of its memory and descriptors.
+    """
+    wire, judge, server = siblings["wire"], siblings["judge"], siblings["server"]
+    requests_read, requests_write = os.pipe()  # judge -> solution
+    replies_read, replies_write = os.pipe()  # solution -> judge
+    judge_pid = os.getpid()
+    root = args["drop"] and os.geteuid() == 0
+    pid = os.fork()
+    if pid == 0:  # the solution's process
+        for fd in (3, judge_fd, reports.status_fd, reports.usage_fd, requests_write, replies_read):
+            os.close(fd)
+
+        def fail(message: str) -> None:
+            wire.send(replies_write, {"setup": {"error": message}})
+            os._exit(args["exit_setup"])
+
+        uid = None
+        if root:
+            uid = args["uid_base"] + os.getpid()
+            _drop_privileges(uid, libc, fail)
+        _die_with_parent(libc, judge_pid, args["exit_setup"])
+        _set_limits(args, args["nproc"], fail)
+        wire.send(replies_write, {"setup": {"ok": True, "uid": uid}})
+        del ctypes, libc
+        sys.modules.pop("ctypes", None)
+        if args["guard"]:
+            siblings["guard"].install(os.getcwd())
+        _run_guarded(lambda: server.serve(requests_read, replies_write, solution["parts"], solution["test_timeout"],
+                                          solution["max_bytes"], solution["entry_point"]), args, lambda: None)
+        _flush_and_exit(0)
+
+    os.close(requests_read)
+    os.close(replies_write)
+    uid = None
+    if root:
+        uid = args["uid_base"] + os.getpid()
+        _drop_privileges(uid, libc, reports.fail, own_workdir=False)  # work/ is the solution's
+    elif libc is not None:
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem, fd, environ for the same user
+    _die_with_parent(libc, args["parent"], args["exit_setup"])
+    _set_limits(args, 0, reports.fail)  # the judge never forks
+    report_peak = _peak_reporter(reports.usage_fd)
+    atexit.register(report_peak)
+    link = judge.Link(requests_write, replies_read, pid, solution["max_bytes"], {"memory": args["exit_memory"]})
+    link.cpu_limit = args["cpu"]
+    try:
+        setup = link.receive(deadline=None)
+    except judge.SolutionGone as gone:
+        reports.fail(f"the solution's process did not start: {gone}")
+    report = setup.get("setup") if isinstance(setup.get("setup"), dict) else {"error": "no setup report"}
+    if report.get("ok") is not True:
+        reports.fail(str(report.get("error", "the solution's process failed its setup")))
+    solution_uid = report.get("uid") if root else None
+    with os.fdopen(judge_fd, encoding="utf-8") as handle:
+        suite = json.load(handle)
+    reports.report(ok=True, network=network, uid=solution_uid,
+                   uids=[u for u in (uid, solution_uid) if isinstance(u, int)])
+    reports.close_status()
+    del ctypes, libc
+    sys.modules.pop("ctypes", None)
+    _run_guarded(lambda: judge.run(link, usage_fd=reports.usage_fd, **suite), args, report_peak)
+
+
 def main() -> None:
     args = json.loads(sys.argv[2])
-    siblings = _import_siblings()
+    siblings = _import_siblings(args["mode"])
     # The channel becomes fd 3 (the lowest free one, 0-2 being stdio).
     channel = os.open(args["channel"], os.O_WRONLY | os.O_APPEND)
     if channel != 3:
@@ -226,34 +338,15 @@ def main() -> None:
     with open(args["program"], encoding="utf-8") as handle:  # a private file, read before the user switch
         payload = handle.read()
     ctypes, libc = _load_libc()
-    network = _isolate_network(args["network"], ctypes, libc, reports)
-    uid = None
-    if args["drop"] and os.geteuid() == 0:
-        uid = args["uid_base"] + os.getpid()
-        _drop_privileges(uid, libc, reports)
-    if libc is not None:
-        # Die with the parent (set after the user switch, which clears it).
-        libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-        if os.getppid() != args["parent"]:
-            os._exit(args["exit_setup"])
-    _set_limits(args, reports)
-    report_peak = _peak_reporter(reports.usage_fd)
-    # Runs after the program's own atexit handlers (registered later, run first) and after
-    # non-daemon threads were joined; os._exit and signals skip it.
-    atexit.register(report_peak)
-
-    reports.report(ok=True, network=network, uid=uid)
-    reports.close_status()
-    del ctypes, libc  # nothing of ctypes is left to the program
-    sys.modules.pop("ctypes", None)
-    if args["guard"]:
-        siblings["guard"].install(os.getcwd())
+    network = _isolate_network(args["network"], ctypes, libc, reports.fail)
     if args["mode"] == "suite":
-        suite = json.loads(payload)
-        del payload
-        _run_guarded(lambda: siblings["judge"].run(**suite), args, report_peak)
+        # The judge's payload (tests, nonce) is opened now and its name removed at once: nothing
+        # but the judge's descriptor leads to it.
+        judge_fd = os.open(args["judge"], os.O_RDONLY)
+        os.unlink(args["judge"])
+        _run_suite(args, siblings, reports, json.loads(payload), judge_fd, ctypes, libc, network)
     else:
-        _run_program(payload, args, report_peak)
+        _run_one_program(args, siblings, reports, payload, ctypes, libc, network)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
-"""Test suites: a solution and its test snippets run in one sandboxed run, each test reported.
+"""Test suites: a solution and its test snippets, each test reported; the host side.
 
-The host side (:func:`run_suite`, :class:`SuiteResult`); the child side is :mod:`.judge`.
+:func:`run_suite` runs the suite in one sandboxed run of two processes: the judge
+(:mod:`.judge`) runs the trusted code (prelude, setup, tests) and the solution's process
+(:mod:`.server`) runs the solution, whose functions the tests call through proxies. Values
+cross between them only as plain data (:mod:`.wire`), so no object the solution makes takes
+part in a test's comparisons, and the results come back over a channel the solution's process
+cannot reach, tagged with a nonce it never holds.
 """
 
 from __future__ import annotations
@@ -81,24 +86,33 @@ def run_suite(
     test_timeout_s: float = 3.0,
     config: SandboxConfig | None = None,
     instrument: bool = True,
+    entry_point: str | None = None,
 ) -> SuiteResult:
-    """Run ``prelude``, ``solution`` and ``setup`` (in that order, one namespace), then each
-    test snippet, in one sandboxed process; a test passes when it runs without raising.
+    """Run ``solution`` against each test snippet; a test passes when it runs without raising.
 
-    ``prelude`` is trusted code the solution may rely on (a prompt's imports and helpers);
-    ``setup`` prepares the tests (imports, constants). Each test gets ``test_timeout_s``;
-    tests that never ran (the whole run hit a limit, or the program exited) count as failed.
-    The results come back through the channel, tagged with a per-run nonce, so output the
-    solution prints cannot pass for results (introspecting the harness could; see docs).
+    ``prelude`` is trusted code the solution may rely on (a prompt's imports, helpers and the
+    stub to complete): it runs before the solution in the solution's process, and in the judge's
+    before ``setup`` (imports, constants the tests use) and the tests. The tests see the
+    solution's top-level functions and classes (called in its process; arguments and results
+    are copied as plain values), copies of its other top-level values, and the modules it
+    imported (imported afresh in the judge). A name the prelude defines stays the prelude's,
+    so tests use the trusted helpers, except ``entry_point``, the function the solution writes.
+
+    Each test gets ``test_timeout_s`` (the prelude and the solution as well, to load); tests
+    that never ran (the whole run hit a limit, the solution's process died) count as failed.
     """
     if test_timeout_s <= 0:
         raise ValueError(f"test_timeout_s must be > 0, got {test_timeout_s}")
+    cfg = config or SandboxConfig()
     tests = list(tests)
     nonce = secrets.token_hex(16)
-    parts = [("prelude", "prompt.py", prelude), ("solution", "solution.py", solution), ("setup", "setup.py", setup)]
-    suite = {"nonce": nonce, "parts": parts, "tests": tests, "test_timeout": float(test_timeout_s),
-             "instrument": bool(instrument), "got_name": GOT_NAME}
-    result = run_child(json.dumps(suite), config or SandboxConfig(), mode="suite")
+    timeout = float(test_timeout_s)
+    solution_side = {"parts": [("prelude", "prompt.py", prelude), ("solution", "solution.py", solution)],
+                     "test_timeout": timeout, "max_bytes": cfg.max_channel_bytes, "entry_point": entry_point}
+    judge_side = {"nonce": nonce, "prelude": prelude, "setup": setup, "tests": tests, "test_timeout": timeout,
+                  "instrument": bool(instrument), "got_name": GOT_NAME, "entry_point": entry_point,
+                  "load_timeout": 2 * timeout + 2.0}
+    result = run_child(json.dumps(solution_side), cfg, mode="suite", judge_payload=json.dumps(judge_side))
     if result.status is SandboxStatus.ERROR:
         raise SandboxError(result.message or "the sandbox failed")
     records: dict[int, dict] = {}

@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Imported here, never used here: where Python writes bytecode, these child-side modules are then
+# cached, and the sandboxed interpreter (which imports them by path) need not compile them each run.
+from drift_envs.code.sandbox import guard, judge, server, wire  # noqa: F401
 from drift_envs.code.sandbox.config import (
     EXIT_MEMORY,
     EXIT_SETUP,
@@ -72,12 +75,12 @@ def _proc_entries() -> list[tuple[int, str, int, int | None]]:
     return out
 
 
-def _sweep(session: int, uid: int | None) -> int:
-    """Kill every live process in ``session`` or running as ``uid``; how many were found."""
+def _sweep(session: int, uids: tuple[int, ...]) -> int:
+    """Kill every live process in ``session`` or running as one of ``uids``; how many were found."""
     killed = 0
     for _ in range(50):
         targets = [pid for pid, state, sid, puid in _proc_entries()
-                   if state not in ("Z", "X") and (sid == session or (uid is not None and puid == uid))]
+                   if state not in ("Z", "X") and (sid == session or puid in uids)]
         if not targets:
             return killed
         for pid in targets:
@@ -143,21 +146,26 @@ def run_python(source: str, config: SandboxConfig | None = None) -> SandboxResul
     return run_child(source, config or SandboxConfig(), mode="program")
 
 
-def run_child(payload: str, cfg: SandboxConfig, *, mode: str) -> SandboxResult:
-    """Run the bootstrap in ``mode`` (``program``: ``payload`` is the source; ``suite``: the JSON
-    that :mod:`.judge` reads) with the limits of ``cfg``."""
+def run_child(payload: str, cfg: SandboxConfig, *, mode: str = "program", judge_payload: str = "") -> SandboxResult:
+    """Run the bootstrap (:mod:`.child`) in ``mode`` with the limits of ``cfg``.
+
+    ``program``: ``payload`` is the program's source. ``suite``: ``payload`` is the JSON the
+    solution's process reads (:func:`.server.serve`), ``judge_payload`` the JSON the judge reads
+    (:func:`.judge.run`: the tests and the nonce), in a file whose name the bootstrap removes
+    before any of the solution's code runs.
+    """
     # The host's pid in the name tells whose run a directory is (several hosts share /tmp).
     base = tempfile.mkdtemp(prefix=f"{MARKER}-{os.getpid()}-", dir=cfg.tmp_dir)
     try:
         os.chmod(base, 0o711)  # the sandbox user may traverse into work/, not list or read the rest
         work = os.path.join(base, "work")
         os.mkdir(work, 0o700)
-        names = ("program", "channel", "status", "usage", "stdout", "stderr")
+        names = ("program", "channel", "status", "usage", "stdout", "stderr") + (("judge",) if mode == "suite" else ())
         paths = {name: os.path.join(base, name) for name in names}
+        contents = {"program": payload, "judge": judge_payload}
         for name, path in paths.items():
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-                if name == "program":
-                    handle.write(payload)
+                handle.write(contents.get(name, ""))
         return _run(cfg, work, paths, mode)
     finally:
         _remove_tree(base)
@@ -166,6 +174,7 @@ def run_child(payload: str, cfg: SandboxConfig, *, mode: str) -> SandboxResult:
 def _run(cfg: SandboxConfig, work: str, paths: dict[str, str], mode: str) -> SandboxResult:
     args = {
         "program": paths["program"], "channel": paths["channel"], "status": paths["status"], "usage": paths["usage"],
+        "judge": paths.get("judge"),
         "network": cfg.network.value, "drop": cfg.drop_privileges, "uid_base": SANDBOX_UID_BASE,
         "cpu": cfg.cpu_time_s, "memory": cfg.memory_bytes, "fsize": cfg.file_size_bytes, "nofile": cfg.open_files,
         "nproc": cfg.max_processes + 1 if cfg.max_processes else 0,
@@ -202,7 +211,7 @@ def _run(cfg: SandboxConfig, work: str, paths: dict[str, str], mode: str) -> San
         except (ProcessLookupError, PermissionError):
             pass
         setup = _read_setup(paths["status"])
-        swept = _sweep(proc.pid, setup.uid)
+        swept = _sweep(proc.pid, setup.uids)
         if swept:
             logger.debug("sandbox: killed %d leftover processes", swept)
         if status is None and not lost:
@@ -242,13 +251,15 @@ class _Setup:
     network: bool = False
     """It got its own network namespace."""
     uid: int | None = None
-    """The user id it switched to."""
+    """The user id the program (in a suite, the solution) switched to."""
+    uids: tuple[int, ...] = ()
+    """Every user id the run's processes switched to (the judge's and the solution's in a suite)."""
     error: str | None = None
     """Why setup failed."""
 
 
 def _read_peak(path: str) -> int | None:
-    """The peak the bootstrap reported at exit (the last well-formed line), or ``None``."""
+    """The largest peak the bootstrap reported (one line per process), or ``None``."""
     try:
         with open(path, "rb") as handle:
             # The report is appended last: read the tail, whatever the program wrote before it.
@@ -256,10 +267,8 @@ def _read_peak(path: str) -> int | None:
             lines = handle.read(4096).splitlines()
     except OSError:
         return None
-    for line in reversed(lines):
-        if line.isdigit() and int(line) > 0:
-            return int(line)
-    return None
+    peaks = [int(line) for line in lines if line.isdigit() and int(line) > 0]
+    return max(peaks) if peaks else None
 
 
 def _read_setup(path: str) -> _Setup:
@@ -272,9 +281,12 @@ def _read_setup(path: str) -> _Setup:
     if not isinstance(record, dict):
         return _Setup()
     uid = record.get("uid")
+    uids = record.get("uids")
     error = record.get("error")
+    uids = tuple(u for u in uids if isinstance(u, int) and u >= SANDBOX_UID_BASE) if isinstance(uids, list) else ()
     return _Setup(ok=record.get("ok") is True, network=record.get("network") is True,
-                  uid=uid if isinstance(uid, int) else None, error=str(error) if error is not None else None)
+                  uid=uid if isinstance(uid, int) else None, uids=uids,
+                  error=str(error) if error is not None else None)
 
 
 def _classify(cfg: SandboxConfig, code: int, timed_out: bool, cpu: float, setup: _Setup) -> tuple[SandboxStatus, str]:
