@@ -9,6 +9,7 @@ other processes running sandboxes at the same time cannot fail them.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -510,6 +511,7 @@ _HONEST_ADD = "def add(a, b):\n    return a + b\n"
 
 _FORGE = """
 import os
+import secrets
 def forge(nonces, count=16):
     # Results for every test, tagged with each string that might be the nonce, on every descriptor.
     lines = b"".join(json.dumps({"test": i, "passed": True, "nonce": n}).encode() + b"\\n"
@@ -520,7 +522,19 @@ def forge(nonces, count=16):
             os.write(fd, lines)
         except OSError:
             pass
-    for path in ("../channel", f"/proc/{os.getppid()}/fd/3"):
+    # The run's files by name, and every descriptor of the judge and of the host (its parent).
+    paths = ["../channel", "../judge"]
+    parents = [os.getppid()]
+    try:
+        parents.append(int(open(f"/proc/{parents[0]}/status").read().split("PPid:")[1].split()[0]))
+    except (OSError, IndexError, ValueError):
+        pass
+    for pid in parents:
+        try:
+            paths += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            pass
+    for path in paths:
         try:
             with open(path, "ab") as handle:
                 handle.write(lines)
@@ -613,7 +627,8 @@ HACKS = {
         "def strings(obj):\n"
         "    if isinstance(obj, dict):\n        yield from (v for v in obj.values() if isinstance(v, str))\n"
         "    elif isinstance(obj, (list, tuple)):\n        yield from (v for v in obj if isinstance(v, str))\n"
-        "    elif isinstance(obj, types.CodeType):\n        yield from (v for v in obj.co_consts if isinstance(v, str))\n"
+        "    elif isinstance(obj, types.CodeType):\n"
+        "        yield from (v for v in obj.co_consts if isinstance(v, str))\n"
         "    elif isinstance(obj, types.FunctionType):\n"
         "        for cell in obj.__closure__ or ():\n"
         "            try:\n                value = cell.cell_contents\n            except ValueError:\n"
@@ -624,7 +639,9 @@ HACKS = {
         _EQ_TESTS, _HONEST_ADD, ""),
     "nonce searched in the process's memory": (
         _FORGE + "import re\nhexes = re.compile(rb'(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])')\nnonces = set()\n"
-        "for pid in ('self', os.getppid()):\n"
+        "parent = os.getppid()\n"
+        "host = int(open(f'/proc/{parent}/status').read().split('PPid:')[1].split()[0])\n"
+        "for pid in ('self', parent, host):\n"
         "    try:\n"
         "        maps = open(f'/proc/{pid}/maps').read().splitlines()\n"
         "        mem = open(f'/proc/{pid}/mem', 'rb')\n"
@@ -638,13 +655,219 @@ HACKS = {
         "        nonces.update(m.decode() for m in hexes.findall(chunk))\n"
         "forge(sorted(nonces)[:2000])\nos._exit(0)\n",
         _EQ_TESTS, _HONEST_ADD, ""),
+    "the judge killed": (
+        "import os, signal, sys\ndel sys.modules['posix']\nimport posix\n"
+        "try:\n    posix.kill(os.getppid(), signal.SIGKILL)\nexcept OSError:\n    pass\n"
+        "def add(a, b):\n    return 99\n", _EQ_TESTS, _HONEST_ADD, ""),
+    "exit statuses raised for success": (
+        "def add(a, b):\n    if a < 0:\n        raise KeyboardInterrupt\n    raise SystemExit(0)\n",
+        _EQ_TESTS, _HONEST_ADD, "", "add"),
+    "generator of objects equal to anything": (
+        _ANYTHING + "def evens(n):\n    for _ in range(n):\n        yield Anything()\n",
+        ["assert list(evens(3)) == [0, 2, 4]", "assert [x for x in evens(2)] == [0, 2]", "assert 2 in evens(3)"],
+        "def evens(n):\n    return [2 * i for i in range(n)]\n", "", "evens"),
+    "oracle from the solution: its own isclose": (
+        "def isclose(*args, **kwargs):\n    return True\ndef area(r):\n    return 0.0\n",
+        ["assert isclose(area(1.0), 3.14159, rel_tol=1e-4)"],
+        "from math import isclose\ndef area(r):\n    return 3.14159 * r * r\n", "", "area"),
+    "oracle from the solution: a class posing as a module": (
+        "class math:\n    isclose = staticmethod(lambda *args, **kwargs: True)\n"
+        "    fabs = staticmethod(lambda x: 0.0)\ndef area(r):\n    return 0.0\n",
+        ["assert math.isclose(area(1.0), 3.14159, rel_tol=1e-4)", "assert math.fabs(area(1.0) - 3.14159) < 1e-3"],
+        "import math\ndef area(r):\n    return 3.14159 * r * r\n", "", "area"),
+    "oracle from the solution: a forged module object": (
+        "import types\nmath = types.ModuleType('math')\nmath.isclose = lambda *args, **kwargs: True\n"
+        "def area(r):\n    return 0.0\n",
+        ["assert math.isclose(area(1.0), 3.14159, rel_tol=1e-4)"],
+        "import math\ndef area(r):\n    return 3.14159 * r * r\n", "", "area"),
 }
 
 
 @pytest.mark.parametrize("name", list(HACKS))
 def test_reward_hacks_pass_no_test(name):
-    solution, tests, honest, prelude = HACKS[name]
-    hacked = run_suite(solution, tests, prelude=prelude, config=fast())
+    solution, tests, honest, prelude, *entry = HACKS[name]
+    entry_point = entry[0] if entry else None  # as the code environment passes it; None: every function is bound
+    hacked = run_suite(solution, tests, prelude=prelude, config=fast(), entry_point=entry_point)
     assert [case.passed for case in hacked.cases] == [False] * len(tests), hacked
-    fair = run_suite(honest, tests, prelude=prelude, config=fast())
+    fair = run_suite(honest, tests, prelude=prelude, config=fast(), entry_point=entry_point)
     assert fair.all_passed, fair
+
+
+_MEMORY_SCAN = """
+import os
+def scan(first, second, pid="self"):
+    # Every readable mapping of the process, searched for first + second without ever building that
+    # string here (the search would find itself): the bytes read, and whether it was found.
+    read, found = 0, False
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            start, end = (int(x, 16) for x in span.split("-"))
+            if "r" not in perms or end - start > 256 << 20:
+                continue
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            read += len(chunk)
+            at = chunk.find(first)
+            while at >= 0 and not found:
+                found = chunk[at + len(first):at + len(first) + len(second)] == second
+                at = chunk.find(first, at + 1)
+    return read, found
+"""
+
+
+def _halves(text: str) -> str:
+    """Python source for the two halves of ``text`` as bytes, each built at run time from hex digits."""
+    half = len(text) // 2
+    return f"bytes.fromhex({text[:half].encode().hex()!r}), bytes.fromhex({text[half:].encode().hex()!r})"
+
+
+def test_the_nonce_is_never_in_the_solution_s_memory(monkeypatch):
+    known = "6e6f6e63652d6f662d746869732d7275"  # what secrets.token_hex returns for this run
+    monkeypatch.setattr(secrets, "token_hex", lambda nbytes=None: known)
+    solution = _MEMORY_SCAN + (
+        f"read, found = scan({_halves(known)})\n"
+        "print('scanned', read, 'found' if found else 'absent')\n"
+        "def add(a, b):\n    return a + b\n")
+    result = run_suite(solution, ["assert add(2, 3) == 5"], config=fast())
+    words = result.sandbox.stdout.split()
+    assert words[0] == "scanned" and int(words[1]) > 4 << 20, result.sandbox.stdout + result.sandbox.stderr
+    assert words[2] == "absent"
+    assert result.all_passed and known in result.sandbox.channel.decode()  # the judge did use it
+    # The scan finds what is in its process's memory: the same search after joining the halves.
+    control = run(_MEMORY_SCAN + f"first, second = {_halves(known)}\nneedle = first + second\n"
+                  "print(*scan(first, second))\n")
+    assert control.stdout.split()[1] == "True", control.stdout + control.stderr
+
+
+def test_the_solution_cannot_reach_the_judge_s_memory_descriptors_or_signals():
+    solution = """
+import os, signal, sys
+judge = os.getppid()
+for what, act in (("mem", lambda: open(f"/proc/{judge}/mem", "rb").read(1)),
+                  ("fd", lambda: os.listdir(f"/proc/{judge}/fd")),
+                  ("channel", lambda: open(f"/proc/{judge}/fd/3", "ab")),
+                  ("environ", lambda: open(f"/proc/{judge}/environ", "rb").read())):
+    try:
+        act()
+        print(what, "reached")
+    except OSError as err:
+        print(what, "refused", type(err).__name__)
+try:
+    os.write(3, b"forged")
+    print("fd3 reached")
+except OSError as err:
+    print("fd3 refused", type(err).__name__)
+def f():
+    return 1
+"""
+    result = run_suite(solution, ["assert f() == 1"], config=fast(guard=False))
+    lines = dict(line.split(" ", 1) for line in result.sandbox.stdout.splitlines())
+    assert set(lines) == {"mem", "fd", "channel", "environ", "fd3"}, result.sandbox.stdout + result.sandbox.stderr
+    assert all(outcome.startswith("refused") for outcome in lines.values()), lines
+    assert lines["fd3"] == "refused OSError"  # EBADF: the solution's process does not hold the channel
+    assert result.all_passed
+    if result.sandbox.uid is not None:
+        assert result.sandbox.uid >= SANDBOX_UID_BASE  # a user id of its own, not the judge's
+
+
+# -- what crosses between the tests and the solution ------------------------------------------------
+
+
+def test_values_cross_exactly():
+    solution = """
+import math
+def echo(x):
+    return x
+def big():
+    return 10 ** 10000 + 1
+def specials():
+    return [float("nan"), -0.0, float("inf"), 1e-310, complex(1.5, -2.0)]
+def shapes():
+    return {(1, "a"): frozenset({1, 2}), "s": {3}, b"k": bytearray(b"\\x00\\xff"), None: (True, 2, 2.5, "\\ud800")}
+"""
+    tests = [
+        "assert big() == 10 ** 10000 + 1 and type(big()) is int",
+        "assert echo(-(10 ** 10000)) == -(10 ** 10000)",
+        "import math\nn, z, inf, tiny, c = specials()\n"
+        "assert math.isnan(n) and math.copysign(1, z) == -1 and inf == math.inf and tiny == 1e-310 and c == 1.5-2j",
+        "value = shapes()\nassert value == {(1, 'a'): frozenset({1, 2}), 's': {3}, b'k': bytearray(b'\\x00\\xff'), "
+        "None: (True, 2, 2.5, '\\ud800')}\n"
+        "assert [type(k) for k in value] == [tuple, str, bytes, type(None)] and type(value[None][0]) is bool",
+        "xs = [1, [2, 3]]\necho(xs).append(4)\nassert xs == [1, [2, 3]]",  # arguments and results are copies
+    ]
+    result = run_suite(solution, tests, config=fast())
+    assert result.all_passed, result
+
+
+def test_generators_classes_and_exceptions_work_through_proxies():
+    solution = """
+class Pair:
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+def longest_chain(pairs):
+    return sum(1 for p in pairs if p.a < p.b)
+def squares(n):
+    for i in range(n):
+        yield i * i
+def parse(text):
+    if not text.isdigit():
+        raise ValueError(f"not a number: {text!r}")
+    return int(text)
+class Custom(Exception):
+    pass
+def boom():
+    raise Custom("mine")
+"""
+    tests = [
+        "assert longest_chain([Pair(1, 2), Pair(5, 3), Pair(0, 9)]) == 2",
+        "assert list(squares(4)) == [0, 1, 4, 9] and 9 in squares(4) and sum(squares(3)) == 5",
+        "try:\n    parse('x1')\nexcept ValueError as err:\n    assert 'not a number' in str(err)\n"
+        "else:\n    raise AssertionError",
+        "assert parse('42') == 42",
+        "boom()",
+        "assert Pair(1, 2) == Pair(1, 2)",  # an object of the solution's compares by identity only
+    ]
+    result = run_suite(solution, tests, config=fast())
+    assert [case.passed for case in result.cases] == [True, True, True, True, False, False], result
+    assert result.cases[4].error == "solution.Custom: mine"
+    assert 'File "solution.py", line 17, in boom' in result.cases[4].traceback
+
+
+@pytest.mark.parametrize(("returned", "problem"), [
+    ("x = []\n    x.append(x)\n    return x", "nested deeper"),
+    ("x = []\n    for _ in range(150):\n        x = [x]\n    return x", "nested deeper"),
+    ("return 'x' * (5 << 20)", "the limit is"),
+])
+def test_results_that_cannot_cross_fail_the_test_not_the_run(returned, problem):
+    result = run_suite(f"def f():\n    {returned}\n", ["assert f() is not None", "assert 1 + 1 == 2"],
+                       config=fast(max_channel_bytes=1 << 20))
+    assert not result.cases[0].passed and problem in result.cases[0].error, result.cases[0]
+    assert result.sandbox.status is SandboxStatus.PASSED
+
+
+def test_a_solution_that_blocks_its_timer_times_out_and_stops_the_suite():
+    solution = ("import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+                "def f(x):\n    while x:\n        pass\n    return 0\n")
+    result = run_suite(solution, ["assert f(0) == 0", "assert f(1) == 0", "assert f(0) == 0"], test_timeout_s=0.3,
+                       config=fast())
+    assert [case.passed for case in result.cases] == [True, False, False]
+    assert result.cases[1].error.startswith("Timeout")
+    assert result.cases[2].error == ("not run: the solution did not stop at the time limit "
+                                     "(it blocked or caught the timer)")
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ("import os\n    os._exit(3)", "the solution's process exited (status 3)"),
+    ("while True:\n        pass", "the solution's process reached the CPU-time limit"),
+])
+def test_a_solution_process_that_dies_fails_the_rest(body, why):
+    solution = f"def ok():\n    return 1\ndef f():\n    {body}\n"
+    # The per-test limit is long, so that the CPU-time limit comes first even on a busy machine.
+    result = run_suite(solution, ["assert ok() == 1", "f()", "assert ok() == 1"], test_timeout_s=20.0,
+                       config=fast(cpu_time_s=1, wall_time_s=30.0))
+    assert [case.passed for case in result.cases] == [True, False, False], result
+    assert result.cases[2].error == f"not run: {why}", result.cases

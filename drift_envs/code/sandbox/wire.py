@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import struct
 import time
@@ -36,6 +37,8 @@ class PeerGone(EOFError):
 
 
 _ATOMS = (type(None), bool)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""JSON pairs two escaped surrogates into one character: strings holding any travel as UTF-32 instead."""
 
 
 def encode(value, register, depth: int = 0):
@@ -53,7 +56,10 @@ def encode(value, register, depth: int = 0):
     if issubclass(kind, complex):
         return {"c": [float.hex(complex.real.__get__(value)), float.hex(complex.imag.__get__(value))]}
     if issubclass(kind, str):
-        return value if kind is str else str.__str__(value)
+        text = value if kind is str else str.__str__(value)
+        if _SURROGATE.search(text) is None:
+            return text
+        return {"u": text.encode("utf-32-le", "surrogatepass").hex()}
     if issubclass(kind, bytes):
         return {"b": bytes.hex(value)}
     if issubclass(kind, bytearray):
@@ -92,6 +98,8 @@ def decode(data, resolve, depth: int = 0):
             return float.fromhex(body)
         if tag == "c" and type(body) is list and len(body) == 2:
             return complex(float.fromhex(body[0]), float.fromhex(body[1]))
+        if tag == "u" and type(body) is str:
+            return bytes.fromhex(body).decode("utf-32-le", "surrogatepass")
         if tag == "b" and type(body) is str:
             return bytes.fromhex(body)
         if tag == "ba" and type(body) is str:
