@@ -32,6 +32,9 @@ from drift_envs.code.sandbox import (
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
 IS_ROOT = os.geteuid() == 0
+ROOT_ONLY = ("needs the user switch, so root (CI runs this file as root); the test_unprivileged_* tests "
+             "check what holds for any user")
+"""Why a test that relies on the fresh user id skips for other users."""
 FAST = dict(wall_time_s=5.0, cpu_time_s=2, memory_bytes=256 << 20, file_size_bytes=1 << 20)
 """Tight limits so the whole file runs in seconds."""
 
@@ -170,7 +173,7 @@ def test_parent_environment_not_readable_through_proc(monkeypatch):
     """)
     assert "s3cr3t-value-42" not in result.stdout + result.stderr
     if result.uid is None:
-        pytest.skip("not root: the program runs as the same user and could read /proc/<parent>/environ")
+        pytest.skip(f"the program runs as this user and may read /proc/<parent>/environ: {ROOT_ONLY}")
     assert "refused PermissionError" in result.stdout
 
 
@@ -282,7 +285,7 @@ def test_fork_bomb_is_refused_by_the_guard():
 def test_fork_bomb_is_stopped_by_the_process_limit(program):
     source, guard = program
     if IS_ROOT and not fast().drop_privileges:
-        pytest.skip("root without the user switch: RLIMIT_NPROC is not enforced")
+        pytest.skip("root without the user switch: the kernel does not enforce RLIMIT_NPROC for root")
     result = run(source, guard=guard)
     assert result.status is SandboxStatus.FAILED
     assert "BlockingIOError" in result.stderr  # EAGAIN from fork()
@@ -306,7 +309,7 @@ def test_processes_started_under_a_looser_limit_are_killed():
         time.sleep(60)
     """, guard=False, max_processes=3, wall_time_s=1.0)
     if result.uid is None:
-        pytest.skip("no fresh user id (not root): the process limit counts all of this user's processes")
+        pytest.skip(f"without a fresh user id the process limit counts all of this user's processes: {ROOT_ONLY}")
     assert result.status is SandboxStatus.TIMEOUT
 
 
@@ -325,7 +328,7 @@ def test_writing_outside_the_working_directory_fails(tmp_path, guard):
                 print("refused", type(err).__name__)
     """, guard=guard)
     if not guard and result.uid is None:
-        pytest.skip("not root: without the guard the program has the test's own permissions")
+        pytest.skip(f"without the guard the program has the test's own permissions: {ROOT_ONLY}")
     assert victim.read_text() == "original"
     assert not new_file.exists()
     assert result.stdout.split().count("refused") == 3, result.stdout + result.stderr
@@ -347,7 +350,7 @@ def test_deleting_files_outside_fails(tmp_path, guard):
                 print("refused", type(err).__name__)
     """, guard=guard)
     if not guard and result.uid is None:
-        pytest.skip("not root: without the guard the program has the test's own permissions")
+        pytest.skip(f"without the guard the program has the test's own permissions: {ROOT_ONLY}")
     assert victim.read_text() == "original"
     assert (victim.stat().st_mode & 0o777) != 0
     assert result.stdout.split().count("refused") == 4, result.stdout + result.stderr
@@ -420,12 +423,12 @@ def test_killing_the_parent_fails(guard):
                 print("refused", type(err).__name__)
     """, guard=guard)
     if not guard and result.uid is None:
-        pytest.skip("not root: without the guard the program could signal the test process")
+        pytest.skip(f"without the guard the program could signal the test process: {ROOT_ONLY}")
     assert os.getpid() > 0  # still here
     assert result.stdout.split().count("refused") == 2, result.stdout + result.stderr
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="kill(-1) as the host's own user would hit the host's processes")
+@pytest.mark.skipif(not IS_ROOT, reason=f"kill(-1) as the host's own user would hit the host's processes: {ROOT_ONLY}")
 def test_kill_everything_reaches_only_the_sandbox():
     result = run("""
         import os, signal
@@ -871,3 +874,128 @@ def test_a_solution_process_that_dies_fails_the_rest(body, why):
                        config=fast(cpu_time_s=1, wall_time_s=30.0))
     assert [case.passed for case in result.cases] == [True, False, False], result
     assert result.cases[2].error == f"not run: {why}", result.cases
+
+
+# -- without root: what holds for any user ------------------------------------------------------------
+# As root (CI), each of these runs in a forked copy of this test process switched to the user `nobody`,
+# so the sandbox runs unprivileged: no user switch, RLIMIT_NPROC counted over that user's processes,
+# a network namespace only through an unprivileged user namespace. As another user they run here.
+
+UNPRIVILEGED_UID = 65534
+
+
+def _usable_python() -> str | None:
+    """An interpreter (3.10+) this user may run: the test's own may sit under a directory only root can enter."""
+    import shutil
+    import subprocess
+
+    candidates = [sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")]
+    for path in filter(None, candidates):
+        if os.access(path, os.X_OK) and os.access(os.path.realpath(path), os.X_OK):
+            check = subprocess.run([path, "-I", "-S", "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                                   capture_output=True, text=True, timeout=30)
+            if check.stdout.strip() == "True":
+                return path
+    return None
+
+
+def unprivileged(check):
+    """``check(config_overrides)`` as an unprivileged user; returns what it returns (JSON-able)."""
+    if not IS_ROOT:
+        return check({})
+    import json
+    import resource  # noqa: F401 - os.wait4 imports it on first use, which the other user could not
+    import shutil  # noqa: F401
+    import subprocess  # noqa: F401
+    import traceback
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked copy
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setresgid(UNPRIVILEGED_UID, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+            os.setresuid(UNPRIVILEGED_UID, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
+            python = _usable_python()
+            if python is None:
+                outcome = {"skip": "no Python 3.10+ that the user nobody may run"}
+            else:
+                outcome = {"value": check({"python": python})}
+                leftovers = [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"{MARKER}-{os.getpid()}-")]
+                outcome["leftovers"] = leftovers
+            code = 0
+        except BaseException:  # noqa: B036 - reported to the test
+            outcome = {"error": traceback.format_exc()}
+        os.write(write, json.dumps(outcome).encode())
+        os._exit(code)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 1 << 16):
+        chunks.append(chunk)
+    os.close(read)
+    os.waitpid(pid, 0)
+    outcome = json.loads(b"".join(chunks))
+    if "skip" in outcome:
+        pytest.skip(outcome["skip"])
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["leftovers"] == []
+    return outcome["value"]
+
+
+def _limits_check(overrides):
+    cases = {
+        "cpu": ("while True:\n    pass\n", dict(cpu_time_s=1, wall_time_s=20)),
+        "memory": ("x = bytearray(8 << 30)\n", {}),
+        "file size": ("while True:\n    print('spam' * 100)\n", {}),
+        "fork (guard)": ("import os\nos.fork()\n", {}),
+        "fork (guard bypassed)": ("import sys\ndel sys.modules['posix']\nimport posix\nposix.fork()\n", {}),
+        "output": ("import os, sys\nprint(os.getuid())\nsys.stdout.write('x' * 100_000)\n",
+                   dict(max_output_bytes=1000)),
+    }
+    out = {}
+    for name, (source, extra) in cases.items():
+        result = run_python(source, fast(**overrides, **extra))
+        out[name] = [result.status.value, result.message, result.stderr[-300:], result.stdout[:20],
+                     result.stdout_truncated, result.uid]
+    return out
+
+
+def test_unprivileged_limits_hold_for_any_user():
+    out = unprivileged(_limits_check)
+    assert out["cpu"][:2] == ["timeout", "CPU-time limit of 1 s reached"], out["cpu"]
+    assert out["memory"][0] == "memory_limit", out["memory"]
+    assert out["file size"][0] == "failed" and out["file size"][4] is True, out["file size"]
+    assert out["fork (guard)"][0] == "failed" and "PermissionError: sandbox: os.fork" in out["fork (guard)"][2]
+    # RLIMIT_NPROC = 0 stops fork for any user but root: it counts all of the user's processes.
+    assert out["fork (guard bypassed)"][0] == "failed" and "BlockingIOError" in out["fork (guard bypassed)"][2]
+    status, _, _, stdout, truncated, uid = out["output"]
+    assert status == "passed" and truncated and uid is None
+    assert stdout.split("\n")[0] == str(os.geteuid() if not IS_ROOT else UNPRIVILEGED_UID)  # no user switch
+
+
+def _suite_check(overrides):
+    cfg = fast(**overrides)
+    hacks = {}
+    for name in ("__eq__ always True", "int subclass with __eq__", "patched builtins", "harness functions replaced "
+                 "through gc", "nonce read from the harness's frames", "nonce searched in the process's memory",
+                 "oracle from the solution: a class posing as a module"):
+        solution, tests, honest, prelude, *entry = HACKS[name]
+        entry_point = entry[0] if entry else None
+        hacked = run_suite(solution, tests, prelude=prelude, config=cfg, entry_point=entry_point)
+        fair = run_suite(honest, tests, prelude=prelude, config=cfg, entry_point=entry_point)
+        hacks[name] = [[case.passed for case in hacked.cases], fair.all_passed]
+    reach = run_suite("import os\nfor path in (f'/proc/{os.getppid()}/mem', f'/proc/{os.getppid()}/fd/3'):\n"
+                      "    try:\n        open(path, 'rb').close()\n        print('reached')\n"
+                      "    except OSError:\n        print('refused')\ndef f():\n    return 1\n",
+                      ["assert f() == 1"], config=fast(**overrides, guard=False))
+    return {"hacks": hacks, "reach": reach.sandbox.stdout.split(), "reach_passed": reach.all_passed}
+
+
+def test_unprivileged_suites_are_not_fooled_and_the_judge_stays_out_of_reach():
+    out = unprivileged(_suite_check)
+    for name, (hacked, fair) in out["hacks"].items():
+        assert not any(hacked) and fair, name
+    # The judge makes itself non-dumpable: a process of the same user cannot open its memory or descriptors.
+    assert out["reach"] == ["refused", "refused"] and out["reach_passed"]
