@@ -46,8 +46,8 @@ from drift_envs.code.sandbox import NetworkIsolation, SandboxConfig, SuiteResult
 from drift_envs.parsing import ParsedReply, ParseMode
 
 CODE_FENCE = "```"
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+MAX_CODE_CHARS = 65536
+"""Default longest code judged: compiling 1 MiB of Python can take seconds and hundreds of MB."""
 _FENCE_RE = re.compile(r"```[ \t]*([\w+.-]*)[^\n`]*\n(.*?)```", re.DOTALL)
 _OPEN_FENCE_RE = re.compile(r"```[ \t]*[\w+.-]*[^\n`]*\n")
 _PYTHON_TAGS = ("", "python", "py", "python3", "py3")
@@ -85,6 +85,9 @@ class CodeEnvConfig(TextEnvConfig):
     """When running as root, run the code as an unused user id (see :mod:`drift_envs.code.sandbox`)."""
     max_detail_chars: int = 1500
     """Longest failure report shown as feedback."""
+    max_code_chars: int = MAX_CODE_CHARS
+    """Longest code (characters) that is compiled and run; longer code fails without running (reward 0,
+    feedback saying so). The engine's token limit keeps real replies far below it (512 tokens)."""
     partial_credit: float = 0.5
     """Scale c of an unsolved episode's one partial credit, c x the best share of tests any reply passed,
     paid at the turn limit; in [0, 1] (0: success or nothing). Below 1 a solve at the last turn still
@@ -101,6 +104,8 @@ class CodeEnvConfig(TextEnvConfig):
             raise ValueError(f"timeout_s and test_timeout_s must be > 0, got {self.timeout_s}, {self.test_timeout_s}")
         if self.max_detail_chars < 200:
             raise ValueError(f"max_detail_chars must be >= 200, got {self.max_detail_chars}")
+        if self.max_code_chars < 1000:
+            raise ValueError(f"max_code_chars must be >= 1000, got {self.max_code_chars}")
         if not 0 <= self.partial_credit <= 1:
             raise ValueError(f"partial_credit must be in [0, 1], got {self.partial_credit}")
         # Validates cpu_time_s and memory_mb with the sandbox's own rules.
@@ -120,6 +125,21 @@ def _clean_code(text: str) -> str | None:
 def _render(code: str, think: str | None) -> str:
     think_part = f"<think>{think}</think>\n" if think is not None else ""
     return f"{think_part}```python\n{code}\n```"
+
+
+def _tagged(text: str, tag: str) -> tuple[str, int] | None:
+    """The content of the first closed ``<tag>...</tag>`` and the index after it, or ``None``.
+
+    Two ``find`` calls, not the regex ``<tag>(.*?)</tag>``: that one rescans the rest of the reply
+    from every unclosed opening tag, quadratic in a reply of many (60 s for 20,000 of them).
+    """
+    start = text.find(f"<{tag}>")
+    if start < 0:
+        return None
+    end = text.find(f"</{tag}>", start + len(tag) + 2)
+    if end < 0:
+        return None
+    return text[start + len(tag) + 2 : end], end + len(tag) + 3
 
 
 def _closed_block(text: str) -> str | None:
@@ -154,17 +174,17 @@ def parse_code_reply(text: str, mode: ParseMode | str = ParseMode.LENIENT) -> Pa
     False
     """
     mode = ParseMode(mode)
-    think_match = _THINK_RE.search(text)
-    think = think_match.group(1).strip() if think_match else None
+    think_match = _tagged(text, "think")
+    think = think_match[0].strip() if think_match else None
     if think_match is None and "<think>" in text:
         return ParsedReply(None, None, False, text)
-    rest = text[think_match.end() :] if think_match else text
+    rest = text[think_match[1] :] if think_match else text
 
     code = _closed_block(rest)
     if code is None:
-        answer = _ANSWER_RE.search(rest)
+        answer = _tagged(rest, "answer")
         if answer is not None:
-            inner = answer.group(1)
+            inner = answer[0]
             code = _closed_block(inner) or _after_open_fence(inner) or _clean_code(inner)
     if code is not None:
         return ParsedReply(code, think, True, _render(code, think))
@@ -207,14 +227,22 @@ class _StripDocstrings(ast.NodeTransformer):
     visit_Module = visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _strip
 
 
-def normalise_code(code: str) -> str:
+def normalise_code(code: str, max_chars: int = MAX_CODE_CHARS) -> str:
     """Canonical form of code for counting repeats: comments, docstrings, blank lines and
-    spacing removed (by re-printing the syntax tree); unparsable code gets whitespace collapsed."""
-    try:
-        return ast.unparse(_StripDocstrings().visit(ast.parse(code)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        lines = (" ".join(line.split()) for line in code.splitlines())
-        return "\n".join(line for line in lines if line)
+    spacing removed (by re-printing the syntax tree); unparsable code, and code longer than
+    ``max_chars`` (whose syntax tree could take seconds and hundreds of MB), gets its
+    whitespace collapsed."""
+    if len(code) <= max_chars:
+        try:
+            return ast.unparse(_StripDocstrings().visit(ast.parse(code)))
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            pass
+    lines = (" ".join(line.split()) for line in code.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def _clip_width(text: str, width: int = 200) -> str:
+    return "\n".join(line if len(line) <= width else line[: width - 3] + "..." for line in text.splitlines())
 
 
 def _clip_lines(text: str, lines: int) -> str:
@@ -310,16 +338,21 @@ class CodeFeedbackEnv(TextEnv):
         return parse_code_reply(reply, self.config.parse)
 
     def normalise(self, content: str) -> str:
-        return normalise_code(content)
+        return normalise_code(content, self.config.max_code_chars)
 
     def judge(self, parsed: ParsedReply, problem: Problem) -> Verdict:
         assert parsed.content is not None
         if not isinstance(problem, CodeProblem):
             raise TypeError(f"CodeFeedbackEnv judges CodeProblem, got {type(problem).__name__}")
+        if len(parsed.content) > self.config.max_code_chars:
+            self._pass_rate = 0.0
+            return Verdict(False, 0.0, detail=f"Your code is {len(parsed.content)} characters long; the limit is "
+                                              f"{self.config.max_code_chars}. It was not run.")
         error = syntax_error(parsed.content)
         if error is not None:  # no process needed
             self._pass_rate = 0.0
-            return Verdict(False, 0.0, detail=_cap(f"Your code has a syntax error:\n{error}",
+            # Lines clipped first: a 10,000-character line would push the error itself out of the cap.
+            return Verdict(False, 0.0, detail=_cap(f"Your code has a syntax error:\n{_clip_width(error)}",
                                                    self.config.max_detail_chars))
         result = run_suite(parsed.content, [test.code for test in problem.tests], prelude=problem.prompt,
                            setup=problem.test_setup, test_timeout_s=self.config.test_timeout_s, config=self._sandbox,

@@ -292,7 +292,12 @@ def run(link: Link, nonce: str, prelude: str, setup: str, tests: list, test_time
             if tb.tb_frame.f_code.co_filename == name and got_name in tb.tb_frame.f_locals:
                 value = tb.tb_frame.f_locals[got_name]
             tb = tb.tb_next
-        return None if value is None else limited.repr(value)
+        if value is None:
+            return None
+        try:
+            return limited.repr(value)
+        except ValueError:  # an int beyond the interpreter's digit limit for str()
+            return f"<{type(value).__name__} too large to show>"
 
     def build(name: str, source: str, test: bool):
         if test and instrument:
