@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import gymnasium as gym
 import pytest
@@ -21,6 +22,7 @@ from drift_envs.code.problems import (
     load_mbpp,
     split_check,
 )
+from drift_envs.code.sandbox import run_suite
 from drift_envs.loading import DataError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
@@ -111,7 +113,8 @@ def test_error_at_import_time():
 def test_endless_loop_times_out_per_test():
     env = builtin_env(test_timeout_s=0.2, timeout_s=5.0)
     start(env, "builtin/is_even")
-    observation, reward, _, _, info = env.step("```python\ndef is_even(n):\n    while n:\n        pass\n    return True\n```")
+    looping = "```python\ndef is_even(n):\n    while n:\n        pass\n    return True\n```"
+    observation, reward, _, _, info = env.step(looping)
     assert info["pass_rate"] == pytest.approx(0.25) and reward == 0.0  # is_even(0) returns; the other three loop
     assert "Timeout" in observation
 
@@ -238,6 +241,27 @@ def test_humaneval_reference_solves_and_wrong_answer_gets_partial_credit():
     assert "Passed 4 of 7 tests" in observation
     assert "assert has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False" in observation
     assert "Got: True" in observation
+
+
+def test_every_humaneval_reference_passes_and_every_bare_stub_fails():
+    # Through the suites' two processes: the judge's proxies, the wire and the binding rules must
+    # leave every honest solution passing (and the stubs, docstring only, failing). Two at a time.
+    problems = load_humaneval()
+    config = CodeEnvConfig().sandbox_config()
+
+    def score(problem, code):
+        result = run_suite(code, [test.code for test in problem.tests], prelude=problem.prompt,
+                           setup=problem.test_setup, test_timeout_s=3.0, config=config,
+                           entry_point=problem.entry_point)
+        return problem.id, result.all_passed, result.score, result.first_failure
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        references = list(pool.map(lambda p: score(p, p.answer), problems))
+        stubs = list(pool.map(lambda p: score(p, p.prompt), problems))
+    assert len(problems) == 164
+    assert [(pid, failure) for pid, passed, _, failure in references if not passed] == []
+    assert [pid for pid, passed, _, _ in stubs if passed] == []
+    assert sum(s for _, _, s, _ in stubs) / len(stubs) < 0.05  # a few tests pass for None (0.018)
 
 
 def test_split_check_keeps_state_and_drops_trivial_asserts():
