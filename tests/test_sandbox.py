@@ -678,6 +678,19 @@ HACKS = {
         "    fabs = staticmethod(lambda x: 0.0)\ndef area(r):\n    return 0.0\n",
         ["assert math.isclose(area(1.0), 3.14159, rel_tol=1e-4)", "assert math.fabs(area(1.0) - 3.14159) < 1e-3"],
         "import math\ndef area(r):\n    return 3.14159 * r * r\n", "", "area"),
+    "oracle from the solution: its own isclose passed off as a class": (
+        "import gc, types\n"
+        "def isclose(*args, **kwargs):\n    return True\n"
+        "def area(r):\n    return 0.0\n"
+        "def forged(namespace, before, objects, entry_point):\n"
+        "    # The names report, rewritten: isclose claims to be a class, whose calls the judge lets through.\n"
+        "    return [[name, {'ref': objects.register(namespace[name]), 'class': True}]\n"
+        "            for name in ('isclose', 'area')]\n"
+        "for obj in gc.get_objects():\n"
+        "    if isinstance(obj, types.FunctionType) and obj.__name__ == '_names_defined':\n"
+        "        obj.__code__ = forged.__code__\n",
+        ["assert isclose(area(1.0), 3.14159, rel_tol=1e-4)", "assert not isclose(area(1.0), 0.0)"],
+        "from math import isclose\ndef area(r):\n    return 3.14159 * r * r\n", "", "area"),
     "oracle from the solution: a forged module object": (
         "import types\nmath = types.ModuleType('math')\nmath.isclose = lambda *args, **kwargs: True\n"
         "def area(r):\n    return 0.0\n",
@@ -833,9 +846,15 @@ def boom():
         "assert parse('42') == 42",
         "boom()",
         "assert Pair(1, 2) == Pair(1, 2)",  # an object of the solution's compares by identity only
+        "assert Pair(1, 2)",  # and tells the tests nothing: not even whether it is true
     ]
+    result = run_suite(solution, tests, config=fast(), entry_point="longest_chain")
+    assert [case.passed for case in result.cases] == [True, False, False, False, False, False, False], result
+    assert [case.error.split(":")[0] for case in result.cases[1:5]] == ["NameError"] * 4  # not the entry point
+    assert "may only pass it back to the solution" in result.cases[6].error
+    # Without an entry point named, all the solution's functions and classes are proxies in full.
     result = run_suite(solution, tests, config=fast())
-    assert [case.passed for case in result.cases] == [True, True, True, True, False, False], result
+    assert [case.passed for case in result.cases] == [True, True, True, True, False, False, True], result
     assert result.cases[4].error == "solution.Custom: mine"
     assert 'File "solution.py", line 17, in boom' in result.cases[4].traceback
 

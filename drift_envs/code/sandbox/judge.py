@@ -44,46 +44,68 @@ class RemoteError(Exception):
     """An exception the solution raised whose type the judge does not have (a class it defined)."""
 
 
+OBJECT, CONSTRUCTOR, INERT = "object", "constructor", "inert"
+"""What a :class:`Remote` may be asked: everything it supports; only to be called, making inert objects;
+only to be passed back to the solution."""
+
+
 class Remote:
-    """An object that stayed in the solution's process: it can be called, iterated, measured and
-    converted (each answer crosses back as a plain value), passed back to the solution, but not
-    compared (``==`` is identity), indexed or asked for attributes: nothing of the solution's
-    can serve a test as an oracle (``math.isclose`` from a ``class math`` it defined)."""
+    """An object that stayed in the solution's process.
 
-    __slots__ = ("_link", "_ref", "_shown")
+    One that the entry point (the function under test) returned, or the entry point itself, is an
+    ``OBJECT``: it can be called, iterated, measured and converted (each answer crosses back as a
+    plain value) and passed back to the solution. It cannot be compared (``==`` is identity),
+    indexed or asked for attributes, so nothing of the solution's serves a test as an oracle
+    (``math.isclose`` from a ``class math`` it defined). A class the solution defined is a
+    ``CONSTRUCTOR``: calling it must give an object, which is ``INERT``: the tests can only pass it
+    to the entry point (``longest_chain([Pair(1, 2)])``). Whether a name is a class the judge learns
+    from the solution's process, which may lie: a function posing as a class still only makes
+    inert objects.
+    """
 
-    def __init__(self, link: Link, ref: int, shown: str):
-        self._link, self._ref, self._shown = link, ref, shown
+    __slots__ = ("_link", "_ref", "_shown", "_kind")
+
+    def __init__(self, link: Link, ref: int, shown: str, kind: str = OBJECT):
+        self._link, self._ref, self._shown, self._kind = link, ref, shown, kind
 
     def __repr__(self) -> str:
         return self._shown
 
+    def _ask(self, op: str, args: tuple = ()):
+        if self._kind != OBJECT:
+            raise TypeError(f"{self._shown} is the solution's: a test may only pass it back to the solution")
+        return self._link.ask(op, self, args)
+
     def __call__(self, *args, **kwargs):
+        if self._kind == CONSTRUCTOR:
+            return self._link.ask("construct", self, args, kwargs)
+        if self._kind != OBJECT:
+            raise TypeError(f"{self._shown} is the solution's: a test may only pass it back to the solution")
         return self._link.ask("call", self, args, kwargs)
 
     def __iter__(self):
-        return self._link.ask("iter", self)
+        return self._ask("iter")
 
     def __next__(self):
-        return self._link.ask("next", self)
+        return self._ask("next")
 
     def __len__(self):
-        return self._link.ask("len", self)
+        return self._ask("len")
 
     def __bool__(self):
-        return self._link.ask("bool", self)
+        return self._ask("bool")
 
     def __int__(self):
-        return self._link.ask("int", self)
+        return self._ask("int")
 
     def __index__(self):
-        return self._link.ask("index", self)
+        return self._ask("index")
 
     def __float__(self):
-        return self._link.ask("float", self)
+        return self._ask("float")
 
     def __str__(self):
-        return self._link.ask("str", self)
+        return self._ask("str")
 
 
 class Link:
@@ -109,11 +131,10 @@ class Link:
 
     def remote(self, body: object) -> Remote:
         """A decoded reference (``[id, repr]``) as a :class:`Remote`, one per id."""
-        if type(body) is not list or len(body) != 2 or type(body[0]) is not int or type(body[1]) is not str:
-            raise wire.WireError(f"bad reference {body!r:.80}")
-        found = self._remotes.get(body[0])
+        ref, shown = _reference_parts(body)
+        found = self._remotes.get(ref)
         if found is None:
-            found = self._remotes[body[0]] = Remote(self, body[0], body[1][:300])
+            found = self._remotes[ref] = Remote(self, ref, shown)
         return found
 
     def _reference(self, obj: object) -> list:
@@ -143,9 +164,15 @@ class Link:
             raise self._hang_up(self._ended()) from None
         if "value" in reply:
             try:
-                return wire.decode(reply["value"], self.remote)
+                value = wire.decode(reply["value"], self.remote)
             except wire.WireError as err:
                 raise self._hang_up(f"the solution's process sent a bad value ({err})") from None
+            if op == "construct":
+                if type(value) is not Remote:
+                    raise self._hang_up("a class of the solution's made a plain value")
+                if value._kind == OBJECT:
+                    value._kind = INERT
+            return value
         if reply.get("timeout") is True:
             raise CaseTimeout()
         if isinstance(reply.get("raise"), dict):
@@ -378,15 +405,23 @@ def run(link: Link, nonce: str, prelude: str, setup: str, tests: list, test_time
     link.close(usage_fd)
 
 
+def _reference_parts(body: object) -> tuple[int, str]:
+    if type(body) is not list or len(body) != 2 or type(body[0]) is not int or type(body[1]) is not str:
+        raise wire.WireError(f"bad reference {body!r:.80}")
+    return body[0], body[1][:300]
+
+
 def _bind(namespace: dict, names: object, link: Link, trusted: set, entry_point: str | None) -> None:
     """Bind the names the solution defined, so that a test can use it but not consult it.
 
     The modules, functions and classes the solution imported are imported here afresh (by name:
     what it did to its own copies does not matter). The entry point (the function the solution is
-    to write) and the classes the solution defined become proxies; with no entry point named, so
-    do all its functions, and its other values are copied. Nothing else of the solution's is bound,
-    and a name of the builtins or one the prelude defines keeps its trusted meaning (except the
-    entry point): a test that relies on the solution for ``isclose`` or ``pi`` finds nothing.
+    to write) becomes a proxy, the classes the solution defined constructors of inert objects
+    (see :class:`Remote`); with no entry point named, all its functions are proxies and its other
+    values copies. Nothing else of the solution's is bound, and a name of the builtins or one the
+    prelude defines keeps its trusted meaning (except the entry point): a test that relies on the
+    solution for ``isclose`` or ``pi`` finds nothing, and the report ``names`` comes from the
+    solution's process, so whatever it claims binds nothing a test could consult.
     """
     if type(names) is not list:
         raise wire.WireError("no list of names")
@@ -411,7 +446,9 @@ def _bind(namespace: dict, names: object, link: Link, trusted: set, entry_point:
             except Exception:  # noqa: BLE001 - made up, or local to the solution: the tests do without it
                 continue
             namespace[name] = found
-        elif "ref" in how and (entry_point is None or name == entry_point or how.get("class") is True):
+        elif "ref" in how and (entry_point is None or name == entry_point):
             namespace[name] = link.remote(how["ref"])
+        elif "ref" in how and how.get("class") is True:
+            namespace[name] = Remote(link, *_reference_parts(how["ref"]), kind=CONSTRUCTOR)
         elif "value" in how and (entry_point is None or name == entry_point):
             namespace[name] = wire.decode(how["value"], link.remote)

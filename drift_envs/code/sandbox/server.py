@@ -22,6 +22,7 @@ except ImportError:  # a top-level module in the sandboxed interpreter
 
 _OPERATIONS = {
     "call": lambda obj, args, kwargs: obj(*args, **kwargs),
+    "construct": lambda obj, args, kwargs: obj(*args, **kwargs),
     "iter": lambda obj, args, kwargs: iter(obj),
     "next": lambda obj, args, kwargs: next(obj),
     "len": lambda obj, args, kwargs: len(obj),
