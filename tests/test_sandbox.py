@@ -1018,3 +1018,11 @@ def test_unprivileged_suites_are_not_fooled_and_the_judge_stays_out_of_reach():
         assert not any(hacked) and fair, name
     # The judge makes itself non-dumpable: a process of the same user cannot open its memory or descriptors.
     assert out["reach"] == ["refused", "refused"] and out["reach_passed"]
+
+
+def test_large_top_level_values_do_not_break_the_suite_and_count_in_its_peak_memory():
+    solution = "TABLE = b'\\0' * (80 << 20)\nROWS = [[0] * 100 for _ in range(20_000)]\ndef f(i):\n    return TABLE[i]\n"
+    for entry_point in ("f", None):
+        result = run_suite(solution, ["assert f(5) == 0"], config=fast(), entry_point=entry_point)
+        assert result.all_passed, result
+        assert result.sandbox.max_rss_bytes is not None and result.sandbox.max_rss_bytes > 80 << 20  # the solution's

@@ -358,51 +358,57 @@ def run(link: Link, nonce: str, prelude: str, setup: str, tests: list, test_time
         return True
 
     namespace: dict = {"__name__": "solution", "__builtins__": builtins}
-    if not load("prelude", "prompt.py", prelude):
-        return
-    trusted = {name for name in namespace if not name.startswith("__")}
-    try:
-        loaded = link.receive(time.monotonic() + load_timeout)
-    except SolutionGone as gone:
-        timed_out = "in time" in str(gone)
-        emit(stage="solution", error=f"Timeout: took longer than {test_timeout:g} s" if timed_out else str(gone),
-             traceback="")
-        return
-    if isinstance(loaded.get("load_error"), dict):
-        report = loaded["load_error"]
-        emit(stage=str(report.get("stage", "solution")), error=str(report.get("error", ""))[:1000],
-             traceback=str(report.get("traceback", ""))[-3000:])
-        return
-    signal.setitimer(signal.ITIMER_REAL, test_timeout + GRACE_S)  # fresh imports of what the solution imported
-    try:
-        _bind(namespace, loaded.get("loaded"), link, trusted, entry_point)
-    except (wire.WireError, TypeError, ValueError) as err:
-        emit(stage="solution", error=f"the solution's process sent a bad report ({err})", traceback="")
-        return
-    except CaseTimeout:
-        emit(stage="solution", error=f"Timeout: importing what the solution imported took longer than "
-             f"{test_timeout:g} s", traceback="")
-        return
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    if not load("setup", "setup.py", setup):
-        return
-    emit(stage="loaded")
-    for index, source in enumerate(tests):
-        name = f"test_{index}.py"
-        namespace.pop(got_name, None)  # no stale value from an earlier test
+
+    def steps() -> None:
+        if not load("prelude", "prompt.py", prelude):
+            return
+        trusted = {name for name in namespace if not name.startswith("__")}
         try:
-            execute(name, source, test=True)
-        except CaseTimeout:
-            emit(test=index, passed=False, error=f"Timeout: took longer than {test_timeout:g} s", traceback="")
+            loaded = link.receive(time.monotonic() + load_timeout)
         except SolutionGone as gone:
-            emit(test=index, passed=False, error=f"not run: {gone}", traceback="")
-        except BaseException as err:  # noqa: B036
-            error, trace = describe(err)
-            emit(test=index, passed=False, error=error, traceback=trace, got=checked_value(err, name))
-        else:
-            emit(test=index, passed=True)
-    link.close(usage_fd)
+            timed_out = "in time" in str(gone)
+            emit(stage="solution", error=f"Timeout: took longer than {test_timeout:g} s" if timed_out else str(gone),
+                 traceback="")
+            return
+        if isinstance(loaded.get("load_error"), dict):
+            report = loaded["load_error"]
+            emit(stage=str(report.get("stage", "solution")), error=str(report.get("error", ""))[:1000],
+                 traceback=str(report.get("traceback", ""))[-3000:])
+            return
+        signal.setitimer(signal.ITIMER_REAL, test_timeout + GRACE_S)  # fresh imports of what the solution imported
+        try:
+            _bind(namespace, loaded.get("loaded"), link, trusted, entry_point)
+        except (wire.WireError, TypeError, ValueError) as err:
+            emit(stage="solution", error=f"the solution's process sent a bad report ({err})", traceback="")
+            return
+        except CaseTimeout:
+            emit(stage="solution", error=f"Timeout: importing what the solution imported took longer than "
+                 f"{test_timeout:g} s", traceback="")
+            return
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if not load("setup", "setup.py", setup):
+            return
+        emit(stage="loaded")
+        for index, source in enumerate(tests):
+            name = f"test_{index}.py"
+            namespace.pop(got_name, None)  # no stale value from an earlier test
+            try:
+                execute(name, source, test=True)
+            except CaseTimeout:
+                emit(test=index, passed=False, error=f"Timeout: took longer than {test_timeout:g} s", traceback="")
+            except SolutionGone as gone:
+                emit(test=index, passed=False, error=f"not run: {gone}", traceback="")
+            except BaseException as err:  # noqa: B036
+                error, trace = describe(err)
+                emit(test=index, passed=False, error=error, traceback=trace, got=checked_value(err, name))
+            else:
+                emit(test=index, passed=True)
+
+    try:
+        steps()
+    finally:
+        link.close(usage_fd)
 
 
 def _reference_parts(body: object) -> tuple[int, str]:

@@ -103,27 +103,52 @@ def _origin(value: object) -> list | None:
     return None
 
 
-def _names_defined(namespace: dict, before: dict, objects: _Objects, entry_point: str | None) -> list:
+def _names_defined(namespace: dict, before: dict, objects: _Objects, entry_point: str | None,
+                   max_bytes: int) -> list:
     """``[name, how]`` for each top-level name the solution bound (or rebound) after the prelude:
-    a module or an imported function or class by its name (the judge imports its own), anything
-    else callable as a reference, other values as values (or references)."""
+    a module or an imported function or class by its name (the judge imports its own), the entry
+    point and anything else callable as a reference. Other values only when no entry point is
+    named (the judge binds none otherwise), as values, or references when large."""
     out = []
     for name, value in list(namespace.items()):
         if name.startswith("__") and name.endswith("__") or before.get(name, _MISSING) is value:
             continue
         origin = _origin(value) if name != entry_point else None
-        if isinstance(value, types.ModuleType):
+        if name == entry_point:
+            try:
+                out.append([name, {"value": wire.encode(value, objects.register)}])
+            except (wire.WireError, RecursionError):
+                out.append([name, {"ref": objects.register(value)}])
+        elif isinstance(value, types.ModuleType):
             out.append([name, {"module": getattr(value, "__name__", name)}])
         elif origin is not None:
             out.append([name, {"import": origin}])
         elif callable(value):
             out.append([name, {"ref": objects.register(value), "class": isinstance(value, type)}])
-        else:
+        elif entry_point is None:
             try:
+                if not _small(value, max_bytes // 16):
+                    raise wire.WireError("too large to copy")
                 out.append([name, {"value": wire.encode(value, objects.register)}])
             except (wire.WireError, RecursionError):
                 out.append([name, {"ref": objects.register(value)}])
     return out
+
+
+def _small(value: object, budget: int) -> bool:
+    """Whether ``value`` holds fewer than about ``budget`` characters and items (so that copying it is cheap)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget -= len(item) + 1 if isinstance(item, (str, bytes, bytearray)) else 1
+        if isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        if budget < 0:
+            return False
+    return True
 
 
 def serve(requests: int, replies: int, parts: list, test_timeout: float, max_bytes: int,
@@ -153,7 +178,7 @@ def serve(requests: int, replies: int, parts: list, test_timeout: float, max_byt
                 report["traceback"] = "".join(traceback.format_exception_only(type(err), err)).strip()
             wire.send(replies, {"load_error": {"stage": stage, **report}})
             return
-    wire.send(replies, {"loaded": _names_defined(namespace, before, objects, entry_point)})
+    wire.send(replies, {"loaded": _names_defined(namespace, before, objects, entry_point, max_bytes)})
     while True:
         try:
             message = wire.receive(requests, max_bytes)
