@@ -1021,7 +1021,8 @@ def test_unprivileged_suites_are_not_fooled_and_the_judge_stays_out_of_reach():
 
 
 def test_large_top_level_values_do_not_break_the_suite_and_count_in_its_peak_memory():
-    solution = "TABLE = b'\\0' * (80 << 20)\nROWS = [[0] * 100 for _ in range(20_000)]\ndef f(i):\n    return TABLE[i]\n"
+    solution = ("TABLE = b'\\0' * (80 << 20)\nROWS = [[0] * 100 for _ in range(20_000)]\n"
+                "def f(i):\n    return TABLE[i]\n")
     for entry_point in ("f", None):
         result = run_suite(solution, ["assert f(5) == 0"], config=fast(), entry_point=entry_point)
         assert result.all_passed, result

@@ -1,11 +1,12 @@
 """The child side of a sandboxed run: the bootstrap that the sandboxed interpreter executes.
 
 The host starts ``python -I -S -B -X utf8 .../sandbox/child.py drift-sandbox ARGS`` (this file,
-by path; ``ARGS`` is JSON, see :func:`drift_envs.code.sandbox.host._child_args`). Before any
-program code runs, :func:`main` isolates the network, switches to a fresh user id (as root),
-sets the resource limits, reports the setup through a private file and installs the guard
-(:mod:`guard`); then it runs the program (``mode = "program"``) or a test suite (``mode =
-"suite"``, :mod:`judge`).
+by path; ``ARGS`` is the JSON that :func:`drift_envs.code.sandbox.host.run_child` writes: paths,
+limits, the mode). Before any program code runs, :func:`main` isolates the network, switches to a
+fresh user id (as root), sets the resource limits, reports the setup through a private file and
+installs the guard (:mod:`guard`); then it runs the program (``mode = "program"``) or a test
+suite (``mode = "suite"``: this process becomes the judge, :mod:`judge`, and a forked one serves
+the solution, :mod:`server`).
 
 Runs only in the sandboxed interpreter, as a top-level script: standard library only, and its
 sibling modules are imported by path (:func:`_import_siblings`), not through ``drift_envs``.
