@@ -156,7 +156,8 @@ class Link:
         message["budget"] = budget
         try:
             wire.send(self.requests, message)
-            reply = self.receive(time.monotonic() + budget + GRACE_S)
+            # Past our own timer (GRACE_S after the solution's), so that the timer decides, not a race.
+            reply = self.receive(time.monotonic() + budget + 2 * GRACE_S)
         except CaseTimeout:  # our own timer, GRACE_S after the solution's: it blocked or caught its timer
             self._hang_up("the solution did not stop at the time limit (it blocked or caught the timer)")
             raise
