@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import gymnasium as gym
 import pytest
@@ -21,6 +22,7 @@ from drift_envs.code.problems import (
     load_mbpp,
     split_check,
 )
+from drift_envs.code.sandbox import run_suite
 from drift_envs.loading import DataError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
@@ -69,17 +71,18 @@ def test_correct_reply_terminates():
     assert info["success"] and info["well_formed"] and info["episode"].t_star == 1
 
 
-def test_wrong_reply_gets_the_failing_test_and_partial_credit():
+def test_wrong_reply_gets_the_failing_test_and_no_reward_yet():
     env = builtin_env()
     start(env, "builtin/add")
     observation, reward, terminated, truncated, info = env.step(ADD_WRONG)
-    assert reward == pytest.approx(0.25) and info["score"] == pytest.approx(0.25)
+    assert reward == 0.0 and info["score"] == 0.0 and info["pass_rate"] == pytest.approx(0.25)
     assert not terminated and not truncated
     assert observation.startswith("Passed 1 of 4 tests. First failing test:\nassert add(2, 3) == 5\nAssertionError\n")
     assert "Got: -1" in observation and observation.endswith(SIMPLE_FEEDBACK)
-    # The second try succeeds: the episode's rewards add up.
+    # The second try succeeds: worth one success, discounted, less than solving at once.
     observation, reward, terminated, _, info = env.step(ADD_RIGHT)
-    assert terminated and reward == 1.0 and info["episode"].t_star == 2
+    assert terminated and reward == 1.0 and info["episode"].t_star == 2 and info["pass_rate"] == 1.0
+    assert info["episode"].turn_rewards == {"t1": 0.0, "t2": 1.0, "t3": 0.0, "t4": 0.0, "t5": 0.0}
 
 
 def test_exception_feedback_shows_the_solution_traceback():
@@ -110,8 +113,9 @@ def test_error_at_import_time():
 def test_endless_loop_times_out_per_test():
     env = builtin_env(test_timeout_s=0.2, timeout_s=5.0)
     start(env, "builtin/is_even")
-    observation, reward, *_ = env.step("```python\ndef is_even(n):\n    while n:\n        pass\n    return True\n```")
-    assert reward == pytest.approx(0.25)  # is_even(0) returns; the other three loop
+    looping = "```python\ndef is_even(n):\n    while n:\n        pass\n    return True\n```"
+    observation, reward, _, _, info = env.step(looping)
+    assert info["pass_rate"] == pytest.approx(0.25) and reward == 0.0  # is_even(0) returns; the other three loop
     assert "Timeout" in observation
 
 
@@ -142,14 +146,15 @@ def test_repeating_the_same_code_is_penalised():
     _, reward, _, truncated, info = env.step(same_with_comment)
     assert truncated
     assert info["episode"].repetition_penalty == pytest.approx(0.25)  # 0.5 * (1 - 1/2)
-    assert reward == pytest.approx(0.25 - 0.25)
+    assert info["partial_credit"] == pytest.approx(0.5 * 0.25)  # c x the best share passed, at the end
+    assert reward == pytest.approx(0.125 - 0.25)
 
 
 def test_full_feedback_mode():
     env = builtin_env(feedback="full")
     start(env, "builtin/add")
     observation, *_ = env.step(ADD_WRONG)
-    assert observation.startswith("Reward:\n0.25\nTurn 2:\nState:\nPassed 1 of 4 tests.")
+    assert observation.startswith("Reward:\n0.0\nTurn 2:\nState:\nPassed 1 of 4 tests.")
     assert "You have 4 actions left." in observation
 
 
@@ -230,12 +235,33 @@ def test_humaneval_reference_solves_and_wrong_answer_gets_partial_credit():
     _, reward, terminated, *_ = env.step(f"```python\n{problem.answer}\n```")
     assert terminated and reward == 1.0
     env.reset(options={"problem_index": 0})
-    observation, reward, terminated, *_ = env.step("```python\ndef has_close_elements(numbers, threshold):\n"
-                                                   "    return True\n```")
-    assert not terminated and reward == pytest.approx(4 / 7)
+    observation, reward, terminated, _, info = env.step("```python\ndef has_close_elements(numbers, threshold):\n"
+                                                        "    return True\n```")
+    assert not terminated and reward == 0.0 and info["pass_rate"] == pytest.approx(4 / 7)
     assert "Passed 4 of 7 tests" in observation
     assert "assert has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False" in observation
     assert "Got: True" in observation
+
+
+def test_every_humaneval_reference_passes_and_every_bare_stub_fails():
+    # Through the suites' two processes: the judge's proxies, the wire and the binding rules must
+    # leave every honest solution passing (and the stubs, docstring only, failing). Two at a time.
+    problems = load_humaneval()
+    config = CodeEnvConfig().sandbox_config()
+
+    def score(problem, code):
+        result = run_suite(code, [test.code for test in problem.tests], prelude=problem.prompt,
+                           setup=problem.test_setup, test_timeout_s=3.0, config=config,
+                           entry_point=problem.entry_point)
+        return problem.id, result.all_passed, result.score, result.first_failure
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        references = list(pool.map(lambda p: score(p, p.answer), problems))
+        stubs = list(pool.map(lambda p: score(p, p.prompt), problems))
+    assert len(problems) == 164
+    assert [(pid, failure) for pid, passed, _, failure in references if not passed] == []
+    assert [pid for pid, passed, _, _ in stubs if passed] == []
+    assert sum(s for _, _, s, _ in stubs) / len(stubs) < 0.05  # a few tests pass for None (0.018)
 
 
 def test_split_check_keeps_state_and_drops_trivial_asserts():
@@ -324,8 +350,8 @@ def test_mbpp_local_jsonl(tmp_path):
     _, reward, terminated, *_ = env.step(f"```python\n{problems[1].answer}```")
     assert terminated and reward == 1.0
     env.reset(options={"problem_id": "mbpp/11"})
-    observation, reward, *_ = env.step("```python\ndef remove_Occ(s, ch):\n    return s.replace(ch, '')\n```")
-    assert reward == pytest.approx(3 / 4)
+    observation, reward, _, _, info = env.step("```python\ndef remove_Occ(s, ch):\n    return s.replace(ch, '')\n```")
+    assert reward == 0.0 and info["pass_rate"] == pytest.approx(3 / 4)
     assert "Passed 3 of 4 tests" in observation
     assert 'assert remove_Occ("aaa","a") == "a"' in observation and "Got: ''" in observation
 
