@@ -50,12 +50,16 @@ CASES = {
     # -- size
     "right code padded to 60 KB with comments": (
         fenced(RIGHT + "# padding\n" * 6000), 1.0, True, CORRECT_MESSAGE, None),
+    # Just under the action space's 1 MiB limit (a longer reply is malformed before any code is read).
     "right code padded to 1 MiB with comments": (
-        fenced(RIGHT + "# padding\n" * (MIB // 10)), 0.0, False, f"the limit is {MAX_CODE_CHARS}", "Passed"),
+        fenced(RIGHT + "# padding\n" * ((MIB - 1024) // 10)), 0.0, False, f"the limit is {MAX_CODE_CHARS}", "Passed"),
     "a 1 MiB list literal": (
-        fenced("X = [" + "1," * (MIB // 2 - 8) + "]\n" + RIGHT), 0.0, False, "It was not run.", None),
+        fenced("X = [" + "1," * ((MIB - 1024) // 2) + "]\n" + RIGHT), 0.0, False, "It was not run.", None),
+    "right code in a reply over the action space's 1 MiB": (
+        fenced(RIGHT + "# padding\n" * (MIB // 10)), FORMAT_PENALTY, False, SIMPLE_FEEDBACK, "Passed"),
     "1 MiB of prose around a right block": (
-        "word " * (MIB // 10) + fenced(RIGHT) + " word" * (MIB // 10), 1.0, True, CORRECT_MESSAGE, None),
+        "word " * ((MIB - 1024) // 10) + fenced(RIGHT) + " word" * ((MIB - 1024) // 10), 1.0, True, CORRECT_MESSAGE,
+        None),
     "170,000 lines of code": (fenced("x = 1\n" * 170_000 + RIGHT), 0.0, False, "characters long", None),
     # -- fences and tags
     "100,000 nested unclosed fences": ("```python\n" * 100_000, FORMAT_PENALTY, False, "It was not run.", None),
@@ -125,7 +129,7 @@ def test_10000_digit_values_cross_the_sandbox_exactly():
 def test_a_megabyte_reply_is_recorded_once_normalised_cheaply():
     env = CodeFeedbackEnv(source="builtin", max_turns=2, max_actions=2)
     env.reset(options={"problem_id": "builtin/add"})
-    huge = fenced(RIGHT + "# padding\n" * (MIB // 10))
+    huge = fenced(RIGHT + "# padding\n" * ((MIB - 1024) // 10))
     timed_step(env, huge)
     _, reward, _, truncated, info = timed_step(env, huge)  # the same reply again: a repeat
     assert truncated and info["episode"].repetition_penalty == pytest.approx(0.25)
