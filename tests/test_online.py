@@ -146,6 +146,21 @@ def test_turn_level_rewards_carry_format_and_repetition_penalties() -> None:
     assert turn_level_rewards(t, 0.5) == pytest.approx([-0.1, -0.25])
 
 
+def test_turn_level_rewards_keep_a_reward_recorded_past_the_turns_taken() -> None:
+    # The code environment pays an unsolved episode's partial credit at the turn limit (t3 here), also when the
+    # answer limit ended it after two turns: PPO's last turn carries it, so the rewards still sum to the return.
+    from drift_algos.algorithms.ppo import turn_level_rewards
+    from drift_algos.weighting import WeighConfig
+
+    t = Trajectory("p", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                         {"role": "user", "content": "again"}, {"role": "assistant", "content": "b"}],
+                   {"t1": 0, "t2": 0, "t3": 0}, {"t1": 0.0, "t2": 0.0, "t3": 0.3}, answer_norms=["a", "b"],
+                   reward_details={"t1": {"format_penalty": 0.0}, "t2": {"format_penalty": 0.0}})
+    rewards = turn_level_rewards(t, 0.5)
+    assert rewards == pytest.approx([0.0, 0.3])
+    assert sum(rewards) == pytest.approx(WeighConfig(gamma=1.0, beta=1.0).return_of(t))
+
+
 def test_ppo_advantages_follow_gae_over_the_turns(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 

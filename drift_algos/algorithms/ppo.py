@@ -69,6 +69,9 @@ def turn_level_rewards(trajectory: Trajectory, repetition_lambda: float) -> list
             rewards[t] += float(details[f"t{t + 1}"].get("format_penalty", 0.0))
     else:
         rewards[-1] += trajectory.format_penalty
+    # A reward recorded past the turns taken (the code environment's partial credit sits at the turn limit when the
+    # answer limit ended the episode earlier) belongs to the last turn taken.
+    rewards[-1] += sum(float(value) for key, value in trajectory.turn_rewards.items() if int(key[1:]) > turns)
     rewards[-1] -= repetition_penalty(trajectory.answer_norms, repetition_lambda)
     return rewards
 
