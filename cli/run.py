@@ -36,6 +36,10 @@ PRESET_HELP = (
     "the DRIFT release's settings (1,800 prompts x 16, 5 turns, 512 tokens): a GPU job (not measured)."
 )
 """The presets' descriptions (drift_algos/presets.py, kept equal by a test; importing presets here would load torch)."""
+GRAD_ACCUM_HELP = ("Micro-batches accumulated per optimiser step, per process (default: the preset's); the global "
+                   "batch is batch size x this x processes.")
+SAVE_EVERY_HELP = ("Save a resumable checkpoint every this many optimiser steps (default: the preset's, 0: only on "
+                   "Ctrl-C); the last --keep-last are kept.")
 ALGO_HELP = ("Algorithm: drift (importance-weighted SFT), sft (every trajectory), rft (successful ones only), "
              "grpo, ppo (online: sample with the current policy each iteration).")
 
