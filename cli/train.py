@@ -138,7 +138,7 @@ def train(
                 reporter.done("train")
                 saved = f"saved {stop.checkpoint}; " if stop.checkpoint is not None else ""
                 err_console.print(f"interrupted after optimiser step {stop.step}: {saved}continue with the same "
-                                  "command and --resume")
+                                  "command and --resume", soft_wrap=True)
             raise typer.Exit(130) from None
         if main:
             reporter.done("train")
