@@ -58,6 +58,9 @@ def train(
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Samples per micro-batch.")] = None,
     grad_accum: Annotated[int | None, typer.Option(min=1, help=GRAD_ACCUM_HELP)] = None,
+    normalise_weights: Annotated[bool | None, typer.Option(
+        "--normalise-weights/--mean-weights", help="Batch loss sum(w nll) / sum(w) over each optimiser step's global "
+        "batch, or mean(w nll), the release's default (default: the preset's).")] = None,
     beta: Annotated[float | None, typer.Option(help="DRIFT temperature beta.")] = None,
     gamma: Annotated[float | None, typer.Option(help="DRIFT discount gamma.")] = None,
     min_weight: Annotated[float | None, typer.Option(min=0.0, help=MIN_WEIGHT_HELP)] = None,
@@ -105,7 +108,7 @@ def train(
         p = get_preset(preset)
         p.train = dataclasses.replace(p.train, seed=seed, **{k: v for k, v in dict(
             lora=lora, learning_rate=lr, epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-            save_every=save_every, keep_last=keep_last).items() if v is not None})
+            normalise_weights=normalise_weights, save_every=save_every, keep_last=keep_last).items() if v is not None})
         drift_flags = dict(beta=beta, gamma=gamma, min_weight=min_weight, drop_unsolved_groups=drop_unsolved)
         p.drift = dataclasses.replace(p.drift, **{k: v for k, v in drift_flags.items() if v is not None})
         algorithm = make_algorithm(algo, p)

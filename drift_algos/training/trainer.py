@@ -9,6 +9,11 @@ trainer does tokenisation and loss masks, length-bucketed batches, exact gradien
 gradient clipping, LoRA (peft) or full fine-tuning, fp32 master weights (bf16 autocast on
 CUDA), device placement through accelerate, checkpoints in Hugging Face / PEFT format and a
 JSONL metrics log.
+
+Resumable: every ``save_every`` optimiser steps, and when Ctrl-C stops it after the step under way, a fit saves
+``step-<n>/`` (:mod:`~drift_algos.training.checkpoints`) and ``fit(..., resume=True)`` continues from the newest to the
+weights of an uninterrupted fit. Data-parallel under ``accelerate launch`` (DDP; FSDP and DeepSpeed configurations in
+examples/accelerate/): see :class:`Trainer`.
 """
 
 from __future__ import annotations
@@ -638,12 +643,12 @@ class Trainer:
                 # A zero normaliser (every weight 0) or a padding run means a zero loss, still through the graph.
                 loss = numerator * (processes / denominator) if positive and real else numerator * 0
                 acc.backward(loss)
+            for key, value in extra.items():  # a padding run's keys too: every process reduces the same list
+                metrics[key] = metrics.get(key, 0.0) + (value if real else 0.0)
             if real:
                 loss_sum += float(numerator.detach()) / float(denominator) if positive else 0.0
                 tokens += int(batch["attention_mask"].sum())
                 target_tokens += int(batch["loss_mask"].sum())
-                for key, value in extra.items():
-                    metrics[key] = metrics.get(key, 0.0) + value
         if processes > 1:
             for param in own:  # not inside the DDP model: average their gradients here
                 if param.grad is not None:
