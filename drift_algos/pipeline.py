@@ -199,6 +199,8 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Fals
         raise FileExistsError(f"{out} already holds a finished run; choose another --out")
     if resume and not (out / "config.json").is_file():
         raise FileNotFoundError(f"--resume: {out / 'config.json'} not found (is {out} a drift run directory?)")
+    if not resume:
+        _refuse_unfinished(out, collects=cfg.trajectories is None)
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
@@ -228,6 +230,18 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Fals
         return _run_offline(stages, algorithm, model, tokenizer)
     finally:
         engine.close()
+
+
+def _refuse_unfinished(out: Path, *, collects: bool) -> None:
+    """A fresh run must not overwrite an interrupted one's work (its config.json included)."""
+    work = out / "trajectories.jsonl"
+    if collects and work.is_file() and work.stat().st_size > 0:
+        raise FileExistsError(f"{work} already exists: finish that run with drift run --resume {out}, or choose "
+                              "another --out")
+    resume_dir = out / RESUME_DIR
+    if resume_dir.is_dir() and any(resume_dir.iterdir()):
+        raise FileExistsError(f"{resume_dir} holds checkpoints of an unfinished run: finish it with drift run "
+                              f"--resume {out}, or choose another --out")
 
 
 def _run_offline(run: _Run, algorithm: OfflineAlgorithm, model, tokenizer) -> RunResult:

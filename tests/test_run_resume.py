@@ -168,8 +168,12 @@ def test_a_fresh_run_refuses_an_unfinished_one_and_resume_refuses_other_flags(ti
     out = tmp_path / "run"
     with pytest.raises(Boom):
         run(config(tiny_model_dir, out, "drift"), CrashAt("rollout", 3))
-    with pytest.raises(FileExistsError, match="--resume"):
-        run(config(tiny_model_dir, out, "drift"))
+    settings = (out / "config.json").read_text()
+    other = config(tiny_model_dir, out, "drift")
+    other.preset.rollout = dataclasses.replace(other.preset.rollout, seed=7)
+    with pytest.raises(FileExistsError, match=f"drift run --resume {out}"):
+        run(other)
+    assert (out / "config.json").read_text() == settings  # the unfinished run's settings are left alone
     result = CliRunner().invoke(app, ["run", "--resume", str(out), "--lr", "0.1"])
     assert result.exit_code == 2
     assert "--lr: --resume takes the run's settings from" in result.output
