@@ -17,6 +17,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from drift_algos.engines.base import GenerationFailed
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -45,13 +47,21 @@ def name_the_flag(message: str) -> str:
     return message
 
 
+EXIT_TEMPFAIL = 75
+"""Exit code of a command whose engine failed for good (servers down past the retry budget): sysexits' EX_TEMPFAIL,
+try again later (`drift rollout --resume` finishes a collection)."""
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn input errors into a one-line message and exit code 2."""
+    """Turn input errors into a one-line message and exit code 2 (an engine that failed for good: 75)."""
     try:
         yield
     except typer.Exit:
         raise
+    except GenerationFailed as err:
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_TEMPFAIL) from None
     except USER_ERRORS as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, KeyError):
@@ -87,11 +97,15 @@ THREADS_HELP = ("CPU threads for generation and training (default: what torch pi
                 "busy process, 1 can be several times faster than 2.")
 BASE_URL_HELP = "openai engine: a server's address, e.g. http://127.0.0.1:8000/v1 (repeatable; requests share them)."
 API_KEY_ENV_HELP = "openai engine: the environment variable that holds the servers' API key (default: none)."
+ENGINE_ARG_HELP = ("Engine setting key=value (repeatable; values parsed as JSON). openai engine: api=chat, "
+                   "concurrency (requests in flight per server, 64), retry_budget_s (600), max_retries (10), "
+                   "timeout_s (600), served_model, prompt_ids, vllm_extensions.")
 
 EngineOption = Annotated[str, typer.Option("--engine", help=ENGINE_HELP)]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help=THREADS_HELP)]
 BaseUrlOption = Annotated[list[str] | None, typer.Option("--base-url", help=BASE_URL_HELP)]
 ApiKeyEnvOption = Annotated[str | None, typer.Option("--api-key-env", help=API_KEY_ENV_HELP)]
+EngineArgOption = Annotated[list[str] | None, typer.Option("--engine-arg", help=ENGINE_ARG_HELP)]
 
 
 def apply_threads(threads: int | None) -> None:
@@ -103,14 +117,17 @@ def apply_threads(threads: int | None) -> None:
 
 
 def engine_config(engine: str, *, batch_size: int = 64, threads: int | None = None,
-                  base_url: list[str] | None = None, api_key_env: str | None = None):
+                  base_url: list[str] | None = None, api_key_env: str | None = None,
+                  engine_arg: list[str] | None = None):
     """The :class:`~drift_algos.engines.EngineConfig` the engine flags describe; applies ``--threads``."""
     from drift_algos.engines import EngineConfig, engine_class
 
-    engine_class(engine)  # an unknown engine, or one whose package is missing, fails before anything loads
+    cls = engine_class(engine)  # an unknown engine, or one whose package is missing, fails before anything loads
     apply_threads(threads)
-    return EngineConfig(name=engine, batch_size=batch_size, threads=threads, base_urls=tuple(base_url or ()),
-                        api_key_env=api_key_env)
+    cfg = EngineConfig(name=engine, batch_size=batch_size, threads=threads, base_urls=tuple(base_url or ()),
+                       api_key_env=api_key_env, options=parse_key_values(engine_arg, "--engine-arg"))
+    cls.check_config(cfg)  # bad --base-url, --engine-arg or --api-key-env: one line now, before the model loads
+    return cfg
 
 
 def setup_logging(verbose: bool) -> None:
@@ -134,11 +151,16 @@ def progress_bar() -> Progress:
 
 def parse_env_args(pairs: list[str] | None) -> dict[str, object]:
     """``key=value`` pairs for the environment's constructor; values are JSON when they parse."""
+    return parse_key_values(pairs, "--env-arg")
+
+
+def parse_key_values(pairs: list[str] | None, flag: str) -> dict[str, object]:
+    """``key=value`` pairs given to ``flag``; values are JSON when they parse."""
     out: dict[str, object] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--env-arg expects key=value, got {pair!r}")
+            raise ValueError(f"{flag} expects key=value, got {pair!r}")
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
@@ -157,6 +179,24 @@ def env_kwargs(*, max_turns: int | None = None, feedback: str | None = None, par
         kwargs["max_actions"] = max_turns
     kwargs.update(parse_env_args(extra))
     return kwargs
+
+
+ENV_ARG_FLAGS = {"max_turns": "max_turns", "feedback": "feedback", "parse": "parse", "source": "source",
+                 "path": "data", "split": "split"}
+"""Environment arguments set by flags of `drift rollout` and `drift eval`, with the flag's parameter name."""
+
+
+def given_env_args(ctx: typer.Context, kwargs: dict[str, object], extra: list[str] | None) -> dict[str, str]:
+    """The environment arguments in ``kwargs`` that the user gave, each with its flag: ``--env-arg`` pairs and
+    flags not left at their defaults. The others (a default ``--split``, the ``max_actions`` that ``--max-turns``
+    implies) are drift's settings, applied only where the environment accepts them
+    (:func:`drift_envs.registry.env_factory`)."""
+    given = {name: "--env-arg" for name in parse_env_args(extra)}
+    for name, param in ENV_ARG_FLAGS.items():
+        source = ctx.get_parameter_source(param)
+        if name in kwargs and name not in given and source is not None and source.name != "DEFAULT":
+            given[name] = "--" + param.replace("_", "-")
+    return given
 
 
 def check_out_path(path: Path) -> Path:

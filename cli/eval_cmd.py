@@ -12,11 +12,13 @@ from drift_algos.evaluation.evaluator import EvalConfig
 from drift_cli.common import (
     ApiKeyEnvOption,
     BaseUrlOption,
+    EngineArgOption,
     EngineOption,
     ThreadsOption,
     console,
     engine_config,
     env_kwargs,
+    given_env_args,
     setup_logging,
     user_errors,
 )
@@ -53,6 +55,7 @@ def eval_(
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,
+    engine_arg: EngineArgOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the environments' resets (the multiple-choice letters) and the "
                                       "bootstrap; `drift run`'s default.")] = EvalConfig.seed,
     run: Annotated[Path | None, typer.Option("--run", help=RUN_HELP)] = None,
@@ -76,7 +79,7 @@ def eval_(
         if out is not None and not out.parent.exists():
             raise FileNotFoundError(f"output directory does not exist: {out.parent}")
         engine_cfg = engine_config(engine, batch_size=batch_size, threads=threads, base_url=base_url,
-                                   api_key_env=api_key_env)
+                                   api_key_env=api_key_env, engine_arg=engine_arg)
         if run is not None:
             # A flag given on the command line (not left at its default) would be silently overridden.
             clash = [name for name in RUN_SETTINGS
@@ -86,6 +89,7 @@ def eval_(
                 raise ValueError(f"--run takes {flags} from {run / 'config.json'}; leave them out")
             spec = run_evaluation(run, which)
             env_id, kwargs, cfg, model = spec.env_id, spec.env_args, spec.eval, spec.model
+            given: dict[str, str] = {}  # the run's settings, applied where the environment accepts them
             adapter = Path(spec.adapter) if spec.adapter else None
             name = spec.adapter or spec.model  # the name the run gave the model it evaluated
             env_label = env_id
@@ -94,9 +98,10 @@ def eval_(
                 raise ValueError("--which picks a model of a run: give --run RUN_DIR too")
             env_id = resolve_env_id(env)
             kwargs = env_kwargs(max_turns=max_turns, source=source, data=data, split=split, extra=env_arg)
+            given = given_env_args(ctx, kwargs, env_arg)
             cfg = EvalConfig(num_problems=num_problems, max_new_tokens=max_new_tokens, seed=seed)
             name, env_label = model, env
-        make = env_factory(env_id, kwargs)
+        make = env_factory(env_id, kwargs, explicit=given)
         generator = build_engine(engine_cfg, model, adapter=str(adapter) if adapter else None)
         reporter = RichReporter()
         writer = TrajectoryWriter(out.with_suffix(".jsonl")) if out is not None else None
@@ -114,5 +119,5 @@ def eval_(
         console.print(table)
         if out is not None:
             out.write_text(jsonio.dumps({"model": model, "adapter": str(adapter) if adapter else None, "env": env_label,
-                                       **result.to_dict()}, indent=2) + "\n")
+                                       **result.to_dict(), "env_args_not_applied": make.not_applied}, indent=2) + "\n")
             console.print(f"wrote {out}")

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from drift_algos import jsonio
 from drift_algos.rollout.collection import CollectionMeta, Shard, open_collection
 from drift_cli.common import (
+    EXIT_TEMPFAIL,
     ApiKeyEnvOption,
     BaseUrlOption,
+    EngineArgOption,
     EngineOption,
     ThreadsOption,
     check_out_path,
@@ -22,6 +25,7 @@ from drift_cli.common import (
     engine_config,
     env_kwargs,
     err_console,
+    given_env_args,
     progress_bar,
     setup_logging,
     user_errors,
@@ -34,6 +38,7 @@ ENV_ARG_HELP = "Extra environment argument key=value (repeatable; values parsed 
 
 
 def rollout(
+    ctx: typer.Context,
     env: Annotated[str, typer.Option(help=ENV_HELP)] = "math",
     model: Annotated[str, typer.Option(help=MODEL_HELP)] = "smollm2-135m",
     num_prompts: Annotated[int, typer.Option(min=1, help="Problems to sample (groups of --n trajectories).")] = 32,
@@ -59,6 +64,7 @@ def rollout(
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,
+    engine_arg: EngineArgOption = None,
     max_live: Annotated[int, typer.Option(min=1, help="Episodes in flight at once (bounds memory; whole groups "
                                           "start together).")] = 256,
     shard: Annotated[str, typer.Option(help="Collect share I of K of the groups (groups g with g % K == I), "
@@ -84,16 +90,16 @@ def rollout(
 
         from drift_algos.engines import build_engine
         from drift_algos.records import TrajectoryWriter
-        from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
+        from drift_algos.rollout.agent import RolloutAgent, RolloutConfig, RolloutFailed
         from drift_envs import resolve_env_id
         from drift_envs.registry import env_factory
 
         engine_cfg = engine_config(engine, batch_size=batch_size, threads=threads, base_url=base_url,
-                                   api_key_env=api_key_env)
+                                   api_key_env=api_key_env, engine_arg=engine_arg)
         env_id = resolve_env_id(env)
         kwargs = env_kwargs(max_turns=max_turns, feedback=feedback, parse=parse, source=source, data=data,
                             split=split, extra=env_arg)
-        make = env_factory(env_id, kwargs)
+        make = env_factory(env_id, kwargs, explicit=given_env_args(ctx, kwargs, env_arg))
         make().close()  # one environment first: bad environment arguments fail before the model loads
         if out is None:
             stem = env.replace("/", "_").replace(":", "_")
@@ -121,6 +127,7 @@ def rollout(
             console.print(f"resuming {out}: {len(found.complete)} complete groups kept, {found.partial_rows} rows of "
                           f"unfinished groups and {found.torn_lines} torn line(s) dropped, {len(groups)} groups to go")
         interrupted = False
+        failure: RolloutFailed | None = None
         with TrajectoryWriter(out, append=resume) as writer, progress_bar() as bar:
             task = bar.add_task("rollout", total=len(groups) * n, extra="")
             update = lambda done, total, tokens: bar.update(task, completed=done, extra=f"{tokens:,} tok")  # noqa: E731
@@ -129,6 +136,12 @@ def rollout(
                                        progress=update)
             except KeyboardInterrupt:
                 interrupted = True
+            except RolloutFailed as err:
+                failure = err
+        if failure is not None:
+            err_console.print(f"[bold red]error:[/] {escape(str(failure))}; {writer.count} trajectories are in {out}: "
+                              "finish with the same command and --resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_TEMPFAIL)
         if interrupted:
             err_console.print(f"interrupted: {writer.count} trajectories written to {out}; finish with the same "
                               "command and --resume")
@@ -138,7 +151,7 @@ def rollout(
                  "resumed": resume, "episodes": summary.metrics.episodes,
                  "accuracy_per_turn": summary.metrics.accuracy, "multi_at_k": summary.metrics.multi,
                  "generated_tokens": summary.generated_tokens, "tokens_per_s": summary.tokens_per_s,
-                 "elapsed_s": summary.elapsed_s}
+                 "elapsed_s": summary.elapsed_s, "env_args_not_applied": make.not_applied}
         out.with_suffix(".summary.json").write_text(jsonio.dumps(stats) + "\n")
         console.print(f"wrote {writer.count} trajectories to [bold]{out}[/] (this run's share) "
                       f"(success within {summary.metrics.max_turns} turns: {pct(summary.metrics.overall)})")

@@ -12,8 +12,10 @@ import typer
 from rich.table import Table
 
 from drift_cli.common import (
+    EXIT_TEMPFAIL,
     ApiKeyEnvOption,
     BaseUrlOption,
+    EngineArgOption,
     EngineOption,
     ThreadsOption,
     apply_threads,
@@ -137,6 +139,7 @@ def run(
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,
+    engine_arg: EngineArgOption = None,
     resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR", help=RESUME_HELP)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:
@@ -165,6 +168,7 @@ def run(
                      "--preset": preset != "default", "--trajectories": trajectories is not None,
                      "--out": out is not None, "--seed": seed != 0, "--engine": engine != "transformers",
                      "--env-arg": bool(env_arg), "--base-url": bool(base_url), "--api-key-env": api_key_env is not None,
+                     "--engine-arg": bool(engine_arg),
                      **{f"--{name.replace('_', '-')}": value is not None for name, value in dict(
                          lora=lora, lr=lr, epochs=epochs, beta=beta, min_weight=min_weight, drop_unsolved=drop_unsolved,
                          num_prompts=num_prompts, n=n, iterations=iterations, temperature=temperature,
@@ -178,7 +182,8 @@ def run(
             cfg = load_run_config(resume)
             _run_and_report(cfg, run_pipeline, distributed, KEPT_ON_FAILURE, resume=True)
             return
-        engine_cfg = engine_config(engine, threads=threads, base_url=base_url, api_key_env=api_key_env)
+        engine_cfg = engine_config(engine, threads=threads, base_url=base_url, api_key_env=api_key_env,
+                                   engine_arg=engine_arg)
         p = get_preset(preset)
         p.rollout = dataclasses.replace(p.rollout, seed=seed, **{k: v for k, v in dict(
             num_prompts=num_prompts, n=n, temperature=temperature).items() if v is not None})
@@ -208,6 +213,9 @@ def run(
 
 def _run_and_report(cfg, run_pipeline, distributed, kept_on_failure: tuple[str, ...], *, resume: bool) -> None:
     """Run (or finish) the pipeline with progress bars, then print its tables (the main process only)."""
+    from rich.markup import escape
+
+    from drift_algos.engines.base import GenerationFailed
     from drift_algos.pipeline import Reporter
 
     out, main = Path(cfg.out_dir), distributed.is_main()
@@ -215,6 +223,12 @@ def _run_and_report(cfg, run_pipeline, distributed, kept_on_failure: tuple[str, 
     try:
         with removed_on_failure(out, keep=kept_on_failure):
             result = run_pipeline(cfg, reporter, resume=resume)
+    except GenerationFailed as err:  # servers down past their retry budget: what was collected is kept
+        reporter.done("")
+        if main:
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}; finish the run later with: drift run --resume "
+                              f"{out}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_TEMPFAIL) from None
     except KeyboardInterrupt:
         reporter.done("")
         if main:
@@ -230,7 +244,8 @@ def _run_and_report(cfg, run_pipeline, distributed, kept_on_failure: tuple[str, 
                                    f"{result.base.metrics.episodes} held-out problems, greedy"))
     t = result.train
     if t is not None:
-        console.print(f"trained on {result.samples} samples ({result.skipped} trajectories skipped), "
+        empty = f", {result.empty_replies} with an empty last reply" if result.empty_replies else ""
+        console.print(f"trained on {result.samples} samples ({result.skipped} trajectories skipped{empty}), "
                       f"{t.steps} steps, {t.tokens:,} tokens in {t.elapsed_s:.0f} s ({t.tokens_per_s:.0f} tok/s)")
     else:
         console.print(online_table(result.online))

@@ -146,6 +146,9 @@ def train(
         if main:
             reporter.done("train")
         trainer.save(out)
+        if sample_set.skipped:
+            empty = f", {sample_set.empty_replies} with an empty last reply" if sample_set.empty_replies else ""
+            say(f"{algo}: {sample_set.skipped} of {len(records)} trajectories not trained on{empty}")
         say(f"{algo}: {result.samples} samples, {result.steps} steps, final loss {result.final_loss:.4f}, "
             f"{result.tokens:,} tokens in {result.elapsed_s:.0f} s ({result.tokens_per_s:.0f} tok/s)")
         say(f"checkpoint: [bold]{out}[/]")

@@ -32,6 +32,7 @@ _STAT_LABELS = {
     "equal_return_group_share": "groups with all returns equal",
     "no_success_group_share": "groups with no success",
     "single_trajectory_groups": "groups of one trajectory (weight 1)",
+    "empty_last_replies": "empty last replies (weighed, not trained on)",
 }
 
 

@@ -13,7 +13,9 @@ A run directory holds everything a run made::
     resume/               resumable checkpoints: step-<n>/ of the training (offline), iteration-<i>/ (online)
     checkpoint/           the trained model or LoRA adapter (Hugging Face / PEFT format)
     eval_base.jsonl       evaluation episodes of the reference model in problem order (eval_trained.jsonl: trained;
-                          each with its numbers in eval_*.summary.json)
+                          each with its numbers in eval_*.summary.json); with a server engine (--engine openai) only
+                          the rollouts come from the servers, which cannot hold the trained weights: both
+                          evaluations run in-process, on one engine
     metrics.json          base vs trained metrics with 95% intervals, costs
     multi_at_k.png        multi@k of base vs trained
 
@@ -43,7 +45,7 @@ from pathlib import Path
 
 from drift_algos import distributed, jsonio
 from drift_algos.algorithms import GRPO, PPO, Drift, OfflineAlgorithm, OnlineAlgorithm, algorithm_class
-from drift_algos.engines import Engine, EngineConfig, build_engine
+from drift_algos.engines import Engine, EngineConfig, build_engine, engine_class
 from drift_algos.evaluation.evaluator import EvalResult, evaluate, paired_difference, result_from_trajectories
 from drift_algos.evaluation.metrics import compute_metrics
 from drift_algos.presets import Preset
@@ -81,12 +83,15 @@ class RunConfig:
     trajectories: Path | None = None
     """Start from these trajectories instead of sampling new ones."""
     env_args: dict[str, object] = field(default_factory=dict)
-    """Extra environment arguments (on top of the preset's)."""
+    """Extra environment arguments (on top of the preset's; `--env-arg`): unlike the preset's, each must be one the
+    environment accepts."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """The inference engine for rollouts and evaluation."""
 
     def __post_init__(self) -> None:
-        algorithm_class(self.algo)
+        if issubclass(algorithm_class(self.algo), OnlineAlgorithm) and engine_class(self.engine.name).remote:
+            raise ValueError(f"--engine {self.engine.name}: {self.algo} samples from the policy it is training, which "
+                             "no server holds; use an in-process engine (--engine transformers)")
         if self.trajectories is not None and not Path(self.trajectories).is_file():
             raise FileNotFoundError(f"trajectories file not found: {self.trajectories}")
 
@@ -117,7 +122,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
         engine = _dataclass_from_dict(EngineConfig, config.get("engine") or {})
         return RunConfig(env=config["env"], model=config["model"], algo=config["algo"], preset=preset,
                          out_dir=Path(run_dir), trajectories=config["trajectories"] and Path(config["trajectories"]),
-                         env_args=dict(config["env_args"]), engine=engine)
+                         env_args=dict(config.get("given_env_args", {})), engine=engine)
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a drift run configuration ({type(err).__name__}: {err})") from None
 
@@ -142,6 +147,8 @@ class RunResult:
     """Trajectories left out by the algorithm."""
     online: OnlineResult | None = None
     """The iterations of an online algorithm."""
+    empty_replies: int = 0
+    """Of the skipped, trajectories whose last assistant message is blank (not trained on)."""
 
 
 class Reporter:
@@ -179,6 +186,8 @@ class _Run:
     train_env: Callable
     test_env: Callable
     engine: Engine
+    evaluator: Engine
+    """``engine`` itself, or an in-process engine when ``engine`` is a server's (which cannot hold trained weights)."""
     reporter: Reporter
     resume: bool
 
@@ -207,13 +216,17 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Fals
     env_id = resolve_env_id(cfg.env)
     base_args = {**preset.env_args, "max_turns": preset.max_turns, "max_actions": preset.max_turns, **cfg.env_args}
     train_args = {**base_args, "split": "train"}
-    train_env = env_factory(env_id, train_args)
-    test_env = env_factory(env_id, {**base_args, "split": "test"})
+    # The user's env_args must apply; the preset's settings and the split apply where the environment accepts them.
+    given = {name: "--env-arg" for name in cfg.env_args if name != "split"}
+    train_env = env_factory(env_id, train_args, explicit=given)
+    test_env = env_factory(env_id, {**base_args, "split": "test"}, explicit=given, warn=False)  # warned once
     if not resume and distributed.is_main():
         (out / "config.json").write_text(jsonio.dumps(
             {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
+             "given_env_args": cfg.env_args, "env_args_not_applied": train_env.not_applied,
              "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset),
-             "engine": asdict(cfg.engine)},
+             "engine": asdict(cfg.engine),
+             "eval_engine": "transformers" if engine_class(cfg.engine.name).remote else cfg.engine.name},
         ) + "\n")
 
     reporter.stage("loading model")
@@ -223,13 +236,21 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Fals
     if isinstance(algorithm, OnlineAlgorithm) and cfg.trajectories is not None:
         raise ValueError(f"{cfg.algo} samples with its own policy; it cannot start from --trajectories")
     engine = build_engine(cfg.engine, cfg.model, loaded=(model, tokenizer))
-    stages = _Run(cfg, env_id, train_args, train_env, test_env, engine, reporter, resume)
+    # A server engine samples what its servers hold, never the trained weights: the servers then do the rollouts
+    # and both evaluations run in-process, so base and trained are compared on one engine.
+    in_process = EngineConfig(batch_size=cfg.engine.batch_size, threads=cfg.engine.threads)
+    evaluator = build_engine(in_process, cfg.model, loaded=(model, tokenizer)) if engine.remote else engine
+    if evaluator is not engine:
+        logger.info("rollouts from the %s engine; evaluation in-process (%s)", engine.name, evaluator.name)
+    stages = _Run(cfg, env_id, train_args, train_env, test_env, engine, evaluator, reporter, resume)
     try:
         if isinstance(algorithm, OnlineAlgorithm):
             return _run_online(stages, algorithm, model, tokenizer)
         return _run_offline(stages, algorithm, model, tokenizer)
     finally:
         engine.close()
+        if evaluator is not engine:
+            evaluator.close()
 
 
 def _refuse_unfinished(out: Path, *, collects: bool) -> None:
@@ -290,10 +311,11 @@ def _run_offline(run: _Run, algorithm: OfflineAlgorithm, model, tokenizer) -> Ru
         distributed.barrier()
 
     reporter.stage("evaluating the trained model")
-    run.engine.update_weights(trainer.model)
+    run.evaluator.update_weights(trainer.model)
     trained = _evaluate(run, str(checkpoint), "trained")
 
-    result = RunResult(base, trained, train_result, rollout_summary, out, len(sample_set.samples), sample_set.skipped)
+    result = RunResult(base, trained, train_result, rollout_summary, out, len(sample_set.samples), sample_set.skipped,
+                       empty_replies=sample_set.empty_replies)
     if distributed.is_main():
         _write_metrics(cfg, result, stats, sample_set.weight_mass_skipped)
         plot_multi_at_k(base, trained, out / "multi_at_k.png",
@@ -431,7 +453,7 @@ def _evaluate(run: _Run, model_name: str, which: str) -> EvalResult:
     temporary = path.with_name(f".{path.name}.tmp")
     writer = TrajectoryWriter(temporary) if distributed.is_main() else None
     try:
-        result = evaluate(run.engine, run.test_env, preset.eval, env_id=run.env_id, model_name=model_name,
+        result = evaluate(run.evaluator, run.test_env, preset.eval, env_id=run.env_id, model_name=model_name,
                           writer=writer, progress=run.reporter.progress(stage))
     finally:
         if writer is not None:
@@ -480,7 +502,8 @@ def _write_metrics(cfg: RunConfig, result: RunResult, weight_stats: dict, mass_s
     t = result.train
     if t is not None:
         train = {"samples": result.samples, "skipped_trajectories": result.skipped,
-                 "weight_mass_skipped": mass_skipped, "steps": t.steps, "tokens": t.tokens,
+                 "empty_replies": result.empty_replies, "weight_mass_skipped": mass_skipped, "steps": t.steps,
+                 "tokens": t.tokens,
                  "target_tokens": t.target_tokens, "elapsed_s": t.elapsed_s, "tokens_per_s": t.tokens_per_s,
                  "final_loss": t.final_loss}
     else:

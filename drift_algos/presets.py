@@ -36,7 +36,10 @@ class Preset:
     eval: EvalConfig
     """Held-out evaluation."""
     env_args: dict[str, object] = field(default_factory=dict)
-    """Environment settings the preset relies on (applied when the environment accepts them)."""
+    """Environment settings the preset relies on, applied when the environment accepts them (its constructor takes
+    them, or ``**kwargs``; a drift ``TextEnv``: its config's fields). One it does not accept is left out with a
+    warning and recorded in the run's config.json (``env_args_not_applied``), as are ``max_turns``/``max_actions``
+    and the ``split``."""
     online: OnlineConfig = field(default_factory=OnlineConfig)
     """Online algorithms' loop (iterations, prompts and group size per iteration); sampling settings come from
     ``rollout``, optimisation from ``train`` (epochs per iteration, mini-batch size)."""

@@ -93,6 +93,13 @@ class Trajectory:
         """Success per turn taken (the input of :mod:`drift_algos.evaluation.metrics`)."""
         return [bool(self.verifier.get(f"t{t}", 0)) for t in range(1, self.num_turns + 1)]
 
+    @property
+    def empty_last_reply(self) -> bool:
+        """Whether the last assistant message is blank (a model can end its reply at once): such a trajectory is
+        weighed with its group, but offline algorithms leave it out of training (nothing to learn from) and count
+        it (``SampleSet.empty_replies``)."""
+        return not self.messages[-1]["content"].strip()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -115,9 +122,6 @@ class Trajectory:
             ok = isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)
             if not ok:
                 raise DataError(f"{where}: messages[{i}]: must be {{role: system|user|assistant, content: str}}")
-            if message["role"] == "assistant" and not message["content"].strip():
-                # An empty reply trains the model to stop at once; such a record is a collection bug.
-                raise DataError(f"{where}: messages[{i}]: assistant message is empty")
         if not messages or messages[-1]["role"] != "assistant":
             # Training targets the assistant turns; a trailing user turn would be caught only after the model loads.
             raise DataError(f"{where}: messages: must end with an assistant message")

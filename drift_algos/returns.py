@@ -189,6 +189,8 @@ class WeightStats:
     """Share of groups in which no trajectory succeeded; ``None`` when success is unknown."""
     single_trajectory_groups: int = 0
     """Groups of one trajectory: weight exactly 1, no comparison within the group (counted, not an error)."""
+    empty_last_replies: int = 0
+    """Trajectories whose last assistant message is blank: weighed with their group, not trained on (counted)."""
 
     @classmethod
     def from_groups(

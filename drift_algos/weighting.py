@@ -91,6 +91,7 @@ def weigh(
             )
         returns.append(value)
     weights, stats = _weigh_returns([r.prompt_id for r in records], returns, [r.success for r in records], cfg.beta)
+    stats.empty_last_replies = sum(r.empty_last_reply for r in records)
     return returns, weights, stats
 
 
@@ -115,6 +116,7 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
     prompt_ids: list[str] = []
     returns: list[float] = []
     successes: list[bool] = []
+    empty = 0
     # A pipe or /dev/stdin can be read only once: keep its rows; a regular file is read again instead.
     kept: list[tuple[str, dict]] | None = None if in_path.is_file() else []
     for where, row in iter_rows(in_path):
@@ -130,9 +132,11 @@ def weigh_file(in_path: str | Path, out_path: str | Path, cfg: WeighConfig | Non
         prompt_ids.append(record.prompt_id)
         returns.append(value)
         successes.append(record.success)
+        empty += record.empty_last_reply
     if not returns:
         raise DataError(f"{in_path}: no trajectories")
     weights, stats = _weigh_returns(prompt_ids, returns, successes, cfg.beta)
+    stats.empty_last_replies = empty
 
     # A sibling temporary file (created with the usual permissions, unlike tempfile's 0600), renamed into place.
     temporary = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")

@@ -11,6 +11,12 @@ The agent keeps the conversation (it knows its own replies); ``info["rendered_re
 gives the canonical form of each reply for the record. Every drift environment follows
 this, so one agent runs them all.
 
+A reply longer than the action space's ``max_length`` (:data:`MAX_TEXT_LENGTH`, 1 Mi characters) is outside the
+action space: it is not read at all and counts as a malformed reply (a turn, no answer, the format penalty;
+``info["oversized"]`` is true). Replies up to that length are read in linear time, and the answer checks cap what
+they hand to slower checkers (:data:`drift_envs.verify.MAX_ANSWER_CHARS`), so a step returns promptly whatever the
+model wrote.
+
 Per-turn rewards follow the DRIFT release: ``r_t`` is the verifier's score (1 for a
 correct math answer); a reply without a well-formed answer adds ``format_penalty``; the
 final step subtracts the repetition penalty. The sum of Gymnasium rewards over an episode is
@@ -38,6 +44,7 @@ SIMPLE_FEEDBACK = "Incorrect. Please think again."
 SYSTEM_PROMPT = "You're a helpful assistant. "
 """The DRIFT release's system message."""
 MAX_TEXT_LENGTH = 1 << 20
+"""Longest observation or reply, in characters (the spaces' ``max_length``): a longer reply is malformed."""
 
 
 class TextSpace(Text):
@@ -318,7 +325,9 @@ class TextEnv(gym.Env[str, str]):
         cfg = self.config
         state.turn += 1
         key = f"t{state.turn}"
-        parsed = self.parse(action)
+        # A reply longer than the action space allows is not read: malformed, charged the format penalty.
+        oversized = len(action) > self.action_space.max_length
+        parsed = ParsedReply(None, None, False, action) if oversized else self.parse(action)
         penalty = 0.0 if parsed.well_formed else cfg.format_penalty
         state.format_penalty += penalty
         is_action = parsed.content is not None
@@ -348,6 +357,7 @@ class TextEnv(gym.Env[str, str]):
             "score": verdict.score,
             "actions_left": cfg.max_actions - state.actions,
             "rendered_reply": parsed.rendered,
+            "oversized": oversized,
         }
         if terminated or truncated:
             state.done = True

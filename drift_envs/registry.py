@@ -8,17 +8,27 @@ becomes available by any of:
   (``my/Env-v0 = "my_pkg.envs:MyEnv"``), found without importing anything else;
 * ``--env my_pkg.envs:MyEnv`` on the command line (registered on first use), or gymnasium's
   own ``my_pkg.envs:my/Env-v0`` (import ``my_pkg.envs``, then make ``my/Env-v0``).
+
+The commands make environments through :func:`env_factory`, which gives an environment only the arguments its
+constructor accepts: drift's settings that it does not take (``split``, ``max_turns``, ``max_actions``, a preset's
+``env_args``) are left out with a warning, and an argument the user gave explicitly that it does not take is an
+error naming the flag.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
 import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
+
+from drift_envs.base import TextEnv
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +105,15 @@ def resolve_env_id(spec: str) -> str:
             return attr
         raise UnknownEnvError(
             f"unknown environment '{spec}': '{module_name}' has no gymnasium.Env class or registered id '{attr}'")
+    if "/" in spec and ":" not in spec:
+        # The id a "module:Class" spec is registered under, read back (from a run's config.json) in a new process.
+        module_name, _, attr = spec.partition("/")
+        try:
+            target = getattr(importlib.import_module(module_name), attr, None)
+        except ImportError:
+            target = None
+        if isinstance(target, type) and issubclass(target, gym.Env):
+            return resolve_env_id(f"{module_name}:{attr}")
     known = ", ".join(sorted(ALIASES) + sorted(e.id for e in list_envs()))
     raise UnknownEnvError(f"unknown environment '{spec}'; known: {known}; or give module.path:ClassName")
 
@@ -123,10 +142,94 @@ def list_envs() -> list[EnvInfo]:
     return infos
 
 
-def env_factory(env_id: str, kwargs: dict[str, object]) -> Callable[[], gym.Env]:
-    """A function that makes a new ``env_id`` environment with ``kwargs`` (the agent makes one per episode;
-    the passive checker is skipped: it would run on each)."""
-    return lambda: gym.make(env_id, disable_env_checker=True, **kwargs)
+NOT_APPLIED_MEANING = {
+    "split": "train and evaluation problems may overlap",
+    "max_turns": "the environment's own turn limit applies",
+    "max_actions": "the environment's own answer limit applies",
+}
+"""What it means when a setting drift adds cannot be given to an environment (others: its own default applies)."""
+
+
+class EnvArgumentError(TypeError):
+    """An argument the user gave explicitly (a flag, ``--env-arg``) that the environment's constructor does not take."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
+        """The argument."""
+
+
+def accepted_arguments(env_id: str) -> frozenset[str] | None:
+    """The keyword arguments the constructor of ``env_id``'s entry point takes; ``None``: any.
+
+    A ``**kwargs`` parameter takes anything, except in a :class:`~drift_envs.base.TextEnv`, whose
+    ``**overrides`` become fields of its ``config_class``: there the fields are what it takes.
+    """
+    entry = gym.spec(env_id).entry_point
+    try:
+        creator = load_env_creator(entry) if isinstance(entry, str) else entry
+        # A class's own signature: its __init__ without self, or none at all when it defines no __init__.
+        parameters = list(inspect.signature(creator).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+        return None
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        if not (isinstance(creator, type) and issubclass(creator, TextEnv)):
+            return None
+        names |= {f.name for f in dataclasses.fields(creator.config_class)}
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class EnvFactory:
+    """Makes new environments of one id with the arguments its constructor accepts (the agent makes one per
+    episode; gymnasium's passive checker is skipped: it would run on each)."""
+
+    env_id: str
+    """Gymnasium id."""
+    kwargs: dict[str, object]
+    """The arguments each environment gets."""
+    not_applied: dict[str, str] = field(default_factory=dict)
+    """Settings drift (or a preset) meant to give that the constructor does not take, each with what leaving it
+    out means; recorded in the run directory."""
+
+    def __call__(self) -> gym.Env:
+        return gym.make(self.env_id, disable_env_checker=True, **self.kwargs)
+
+
+def env_factory(env_id: str, kwargs: Mapping[str, object], *, explicit: Mapping[str, str] | None = None,
+                warn: bool = True) -> EnvFactory:
+    """A factory of ``env_id`` environments given those of ``kwargs`` their constructor accepts.
+
+    ``explicit`` names the arguments the user gave (each with the flag that gave it, for the message): one the
+    constructor does not take is an :class:`EnvArgumentError`. The others are drift's settings (``split``,
+    ``max_turns``, a preset's ``env_args``): one the constructor does not take is left out, in
+    :attr:`EnvFactory.not_applied`, with one warning saying what that means (``warn=False``: no warning, for a
+    second factory of the same settings). A drift :class:`~drift_envs.base.TextEnv` takes all of its config's
+    fields, so it gets ``kwargs`` unchanged.
+    """
+    env_id = resolve_env_id(env_id)
+    explicit = dict(explicit or {})
+    accepted = accepted_arguments(env_id)
+    if accepted is None:
+        return EnvFactory(env_id, dict(kwargs))
+    takes = ", ".join(sorted(accepted)) or "no arguments"
+    applied: dict[str, object] = {}
+    meanings: dict[str, str] = {}
+    for name, value in kwargs.items():
+        if name in accepted:
+            applied[name] = value
+        elif name in explicit:
+            raise EnvArgumentError(f"{explicit[name]}: environment '{env_id}' does not accept '{name}' "
+                                   f"(its constructor takes: {takes})", name)
+        else:
+            meanings[name] = NOT_APPLIED_MEANING.get(name, "the environment's own default applies")
+    if meanings and warn:
+        logger.warning("environment '%s' does not accept %s: not applied (%s)", env_id, ", ".join(meanings),
+                       "; ".join(f"{name}: {meaning}" for name, meaning in meanings.items()))
+    not_applied = {name: f"not accepted by the environment's constructor: {meaning}"
+                   for name, meaning in meanings.items()}
+    return EnvFactory(env_id, applied, not_applied)
 
 
 def make_env(spec: str, **kwargs) -> gym.Env:

@@ -33,7 +33,6 @@ ERRORS = {
     "huge_float_reward.jsonl": ":2: turn_rewards.t1: must be finite, got inf",
     "huge_integer_reward.jsonl": ":2: turn_rewards.t1: number too large (400 digits)",
     "unknown_role.jsonl": ":2: messages[1]: must be {role: system|user|assistant, content: str}",
-    "empty_assistant_message.jsonl": ":2: messages[1]: assistant message is empty",
     "ends_with_user_message.jsonl": ":2: messages: must end with an assistant message",
     "success_is_a_string.jsonl": ":2: success: must be true or false, got 'false'",
     "positive_format_penalty.jsonl": ":2: format_penalty: must be <= 0, got 5",
@@ -90,7 +89,7 @@ def corpus_path(name: str, tmp_path: Path) -> Path:
 def test_the_corpus_table_lists_every_file() -> None:
     readme = (BAD / "README.md").read_text()
     files = sorted(p.name for p in BAD.glob("*.jsonl"))
-    assert files == sorted([*ERRORS, "group_of_one.jsonl"])
+    assert files == sorted([*ERRORS, "group_of_one.jsonl", "empty_assistant_message.jsonl"])
     for name in [*files, *GENERATED]:
         assert f"`{name}`" in readme, name
 
@@ -145,6 +144,26 @@ def test_group_of_one_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
     assert log and all(math.isfinite(entry["loss"]) for entry in log if "loss" in entry)
+
+
+def test_an_empty_last_reply_is_weighed_counted_and_not_trained_on(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A model can end its reply at once (an environment without a reply prefix records ""): the record is valid,
+    # weighed with its group, counted in the summary, and left out of training, which says so.
+    path = BAD / "empty_assistant_message.jsonl"
+    out = tmp_path / "w.jsonl"
+    result = CliRunner().invoke(app, ["weigh", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["weight"] for line in out.read_text().splitlines()] == [1.0, 1.0]  # equal returns
+    assert json.loads(Path(str(out) + ".stats.json").read_text())["stats"]["empty_last_replies"] == 1
+    assert "empty last replies (weighed, not trained on)" in result.output
+    for algo in ("drift", "sft"):
+        ckpt = tmp_path / f"ckpt-{algo}"
+        result = CliRunner().invoke(app, ["train", str(path), "--out", str(ckpt), "--algo", algo, "--model",
+                                          str(tiny_model_dir), "--preset", "smoke", "--keep-unsolved"])
+        assert result.exit_code == 0, result.output
+        assert "1 of 2 trajectories not trained on, 1 with an empty last reply" in " ".join(result.output.split())
+        log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
+        assert len(log) == 1 and log[0]["tokens"] > 0
 
 
 def test_weigh_reads_standard_input_once(tmp_path: Path) -> None:

@@ -237,8 +237,15 @@ def test_config_object_and_keyword_settings() -> None:
 
 
 def test_keyword_settings_beside_a_config_apply() -> None:
-    try:
-        env = MathCorrectionEnv(MathEnvConfig(max_turns=2, problems=PROBLEMS), max_turns=3)
-    except (TypeError, ValueError):
-        return  # refusing the mix is as good as applying it
-    assert env.config.max_turns == 3
+    """A keyword setting overrides the given config's field (what `drift` does with `--env-arg` beside a config);
+    the config's other fields stay, and the given config object is not changed."""
+    config = MathEnvConfig(max_turns=2, feedback="full", problems=PROBLEMS)
+    for env in (MathCorrectionEnv(config, max_turns=3), gym.make(ENV_ID, config=config, max_turns=3).unwrapped):
+        assert env.config.max_turns == 3
+        assert env.config.feedback.value == "full" and env.problems == PROBLEMS
+        env.reset(options={"problem_id": "p-add"})
+        results = [env.step("<answer>1</answer>") for _ in range(3)]
+        assert [truncated for *_, truncated, _ in results] == [False, False, True]  # the third reply ends it
+    assert config.max_turns == 2
+    with pytest.raises(ValueError, match="max_turns"):  # an override is validated like the field itself
+        MathCorrectionEnv(config, max_turns=0)

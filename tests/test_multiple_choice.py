@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -13,8 +14,9 @@ from gymnasium.utils.env_checker import check_env
 from drift_envs import make_env
 from drift_envs.base import CORRECT_MESSAGE, SIMPLE_FEEDBACK
 from drift_envs.loading import DataError
+from drift_envs.multiple_choice.datasets import load
 from drift_envs.multiple_choice.env import MCEnvConfig, MultipleChoiceEnv, read_choice
-from drift_envs.multiple_choice.problems import KINDS, LETTERS, MCProblem, generate_mc_problems, load
+from drift_envs.multiple_choice.problems import DEFAULT_KINDS, KINDS, LETTERS, MCProblem, generate_mc_problems
 
 RELEASE_INSTRUCTION = (
     "You are solving multiple-choice questions. Only give the final answer letter (A-D) between <answer> and </answer>."
@@ -216,6 +218,27 @@ def test_generator_is_deterministic_and_extends_its_prefix():
     assert first == generate_mc_problems(40, "train", KINDS, 7)
     assert generate_mc_problems(60, "train", KINDS, 7)[:40] == first
     assert first != generate_mc_problems(40, "train", KINDS, 8)
+
+
+GENERATED_DIGESTS = {
+    ("train", DEFAULT_KINDS, 300, 4): "7ecf0b9a3aa80e645f994a8daea73e3b38618e4cf9288d861a2f6069dbd3f28d",
+    ("train", KINDS, 100, 4): "01b55a95a526d9a83e46d5f84e79dbae7f930fb83885c90a11e82e71055693b9",
+    ("train", KINDS, 60, 10): "ea7ff22cf99415620101e7d04a2620cac53580d6a6dce66868ee0ef8c79099eb",
+    ("test", DEFAULT_KINDS, 300, 4): "22b4db9c2aa1f4169bdf10cd80e595fcf0bdb7478461a01d5c7f6de22a76092c",
+    ("test", KINDS, 100, 4): "189daaeacb6793138107837067d825bd31c7b65450c4b7105b1e5b72e7a818b0",
+    ("test", KINDS, 60, 10): "051d7e6b7a37d797d048c9ce3c669e0670a70bcfca0a26b2428262fe86c5a11d",
+}
+"""SHA-256 of the first problems of each split (seed 0), computed before the generator moved out of the module it
+shared with the dataset loaders: runs, their problem ids and their records stay comparable across versions."""
+
+
+@pytest.mark.parametrize(("split", "kinds", "count", "num_choices"), list(GENERATED_DIGESTS))
+def test_generated_problems_are_unchanged(split, kinds, count, num_choices):
+    digest = hashlib.sha256()
+    for p in generate_mc_problems(count, split, kinds, 0, num_choices):
+        fields = [p.id, p.question, p.answer, p.source, p.level, list(p.choices), p.correct]
+        digest.update(json.dumps(fields).encode() + b"\n")
+    assert digest.hexdigest() == GENERATED_DIGESTS[split, kinds, count, num_choices]
 
 
 def test_generator_splits_are_disjoint():

@@ -32,6 +32,8 @@ class SampleSet:
     """Trajectories not turned into samples (filtered out)."""
     weight_mass_skipped: float
     """Share of the total weight the skipped trajectories carried (0 when all weights are 1)."""
+    empty_replies: int = 0
+    """Of the skipped, trajectories whose last assistant message is blank (nothing to train on)."""
 
 
 class OfflineAlgorithm(ABC):

@@ -64,9 +64,11 @@ class Drift(OfflineAlgorithm):
         solved = {t.prompt_id for t in trajectories if t.success}
         keep, skipped_mass = [], 0.0
         for trajectory, weight in zip(trajectories, weights, strict=True):
-            if weight < cfg.min_weight or (cfg.drop_unsolved_groups and trajectory.prompt_id not in solved):
+            if (weight < cfg.min_weight or (cfg.drop_unsolved_groups and trajectory.prompt_id not in solved)
+                    or trajectory.empty_last_reply):
                 skipped_mass += weight
                 continue
             keep.append(last_turn_sample(trajectory, weight))
         total = sum(weights)
-        return SampleSet(keep, len(trajectories), len(trajectories) - len(keep), skipped_mass / total if total else 0.0)
+        return SampleSet(keep, len(trajectories), len(trajectories) - len(keep), skipped_mass / total if total else 0.0,
+                         empty_replies=sum(t.empty_last_reply for t in trajectories))

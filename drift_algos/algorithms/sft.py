@@ -17,9 +17,10 @@ class SFT(OfflineAlgorithm):
         return True
 
     def samples(self, trajectories: Sequence[Trajectory]) -> SampleSet:
-        kept = [last_turn_sample(t, 1.0) for t in trajectories if self.keep(t)]
+        kept = [last_turn_sample(t, 1.0) for t in trajectories if self.keep(t) and not t.empty_last_reply]
         skipped = len(trajectories) - len(kept)
-        return SampleSet(kept, len(trajectories), skipped, skipped / len(trajectories) if trajectories else 0.0)
+        return SampleSet(kept, len(trajectories), skipped, skipped / len(trajectories) if trajectories else 0.0,
+                         empty_replies=sum(t.empty_last_reply for t in trajectories))
 
 
 class RejectionSFT(SFT):

@@ -1,7 +1,8 @@
 """Inference engines behind one interface, chosen by name (``--engine``) and imported only when used.
 
-``transformers`` runs ``model.generate`` in-process (the default, always installed); the others are
-registered here by ``"module:Class"`` so that their heavy dependencies load only when asked for.
+``transformers`` runs ``model.generate`` in-process (the default, always installed); ``openai`` sends requests to
+OpenAI-compatible servers (``drift-rl[openai]``); each is registered here by ``"module:Class"`` so that its
+dependencies load only when asked for.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from drift_algos.engines.base import Engine
 
 ENGINES: dict[str, str] = {
     "transformers": "drift_algos.engines.transformers_engine:TransformersEngine",
+    "openai": "drift_algos.engines.openai_engine:OpenAIEngine",
 }
 """Engine classes by ``--engine`` name, as ``module:Class`` (imported on first use)."""
 
@@ -32,6 +34,9 @@ class EngineConfig:
     """Servers of the ``openai`` engine (each an OpenAI-compatible ``.../v1`` address); requests share them."""
     api_key_env: str | None = None
     """Environment variable holding the servers' API key (``openai`` engine; ``None``: no key)."""
+    options: dict[str, object] = field(default_factory=dict)
+    """Engine-specific settings (``--engine-arg key=value``), checked by the engine that reads them: e.g. the
+    ``openai`` engine's :class:`~drift_algos.engines.openai_engine.OpenAIConfig` fields (``api=chat``, ...)."""
 
     def __post_init__(self) -> None:
         self.base_urls = tuple(self.base_urls)

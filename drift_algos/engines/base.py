@@ -82,12 +82,22 @@ class Engine(ABC):
     """
 
     name: str = "engine"
+    remote: bool = False
+    """Generates on servers drift does not run: their weights are fixed (no :meth:`update_weights`, no adapters),
+    so ``drift run`` evaluates base and trained models on an in-process engine instead."""
 
     @classmethod
     def from_config(cls, cfg, model: str, *, adapter: str | None = None, loaded: tuple | None = None) -> Engine:
         """Build the engine from an :class:`~drift_algos.engines.EngineConfig` for ``model`` (a ``--model``
         spec), with a PEFT ``adapter`` on top; ``loaded`` is ``(model, tokenizer)`` already in memory."""
         raise NotImplementedError(f"the {cls.__name__} engine cannot be built from a config")
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse settings of an :class:`~drift_algos.engines.EngineConfig` this engine cannot use (a one-line
+        :class:`ValueError` naming the flag), before anything loads."""
+        if cfg.options:
+            raise ValueError(f"--engine-arg: the {cls.name} engine takes no settings (got '{next(iter(cfg.options))}')")
 
     @abstractmethod
     def generate(
@@ -110,6 +120,25 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook; most engines hold nothing to release
         """Release resources (servers, GPU memory)."""
+
+
+class EngineUnavailable(LookupError):
+    """An engine's optional package is missing; the message names the command that installs it."""
+
+
+class GenerationFailed(RuntimeError):
+    """A generate call could not be completed: a request failed for good (after the engine's own retries).
+
+    The call returns nothing, so no caller sees part of a batch; the rollout agent stops with
+    :class:`~drift_algos.rollout.agent.RolloutFailed` and a resumed collection runs the unfinished groups again.
+    """
+
+    def __init__(self, message: str, *, failed: int, total: int):
+        super().__init__(message)
+        self.failed = failed
+        """Requests that failed for good."""
+        self.total = total
+        """Requests the call needed."""
 
 
 def derive_seed(*parts: int) -> int:

@@ -10,6 +10,10 @@ Works with any Gymnasium environment with text observations and actions. From dr
 :class:`~drift_envs.base.TextEnv` it also reads ``reply_prefix``, ``system_prompt``,
 ``stop_strings`` and the episode record in ``info["episode"]``; other environments get
 empty defaults and a record built from their rewards and ``info["success"]``.
+
+An engine call that fails for good (:class:`~drift_algos.engines.base.GenerationFailed`: a server
+engine out of retries) stops the run with :class:`RolloutFailed` once every finished record is
+written; the episodes in flight are dropped whole, so a resumed collection redoes their groups.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from drift_algos.engines.base import Engine, Message, SamplingParams, derive_seed
+from drift_algos.engines.base import Engine, GenerationFailed, Message, SamplingParams, derive_seed
 from drift_algos.evaluation.metrics import MultiTurnMetrics, compute_metrics, first_success
 from drift_algos.records import Sampling, Trajectory, TrajectoryWriter
 
@@ -110,6 +114,25 @@ class _Episode:
     format_penalty: float = 0.0
 
 
+class RolloutFailed(GenerationFailed):
+    """The engine failed for good in the middle of a rollout (e.g. its servers stayed down past the retry budget).
+
+    Nothing is lost or duplicated: every finished episode's record was written before this is raised, and the
+    episodes still in flight are dropped whole, never written half. Their groups are incomplete in the output, so a
+    resumed collection (``drift rollout --resume``, which keeps complete groups only) runs them again with the same
+    seeds.
+    """
+
+    def __init__(self, cause: GenerationFailed, *, finished: list[Trajectory], unfinished_groups: list[int],
+                 written: bool):
+        self.finished = finished
+        """The trajectories this run finished (written to its writer, when it had one)."""
+        self.unfinished_groups = unfinished_groups
+        """Groups not finished (in flight or not started), in order."""
+        super().__init__(f"{cause}; {len(finished)} finished trajectories {'were written' if written else 'kept'}, "
+                         f"{len(unfinished_groups)} groups unfinished", failed=cause.failed, total=cause.total)
+
+
 ProgressFn = Callable[[int, int, int], None]
 """``(episodes_done, episodes_total, generated_tokens)``."""
 
@@ -194,8 +217,15 @@ class RolloutAgent:
             # One seed per episode and turn: a trajectory is the same whatever else shares its batch,
             # so sharded, resumed and differently batched runs sample what one whole run samples.
             seeds = [derive_seed(cfg.seed, e.group, e.sample, len(e.successes) + 1) for e in live]
-            completions = self.engine.generate([e.messages for e in live], params, reply_prefix=self.reply_prefix,
-                                               seeds=seeds)
+            try:
+                completions = self.engine.generate([e.messages for e in live], params,
+                                                   reply_prefix=self.reply_prefix, seeds=seeds)
+            except GenerationFailed as err:
+                for episode in live:
+                    episode.env.close()
+                unfinished = sorted({e.group for e in live} | {g for g, _ in pending})
+                raise RolloutFailed(err, finished=done, unfinished_groups=unfinished,
+                                    written=writer is not None) from err
             still: list[_Episode] = []
             for episode, (completion,) in zip(live, completions, strict=True):
                 reply = self.reply_prefix + completion.text

@@ -1,1 +1,2 @@
-"""Multiple choice (GPQA-style): the environment (:mod:`.env`) and its problem sources (:mod:`.problems`)."""
+"""Multiple choice (GPQA-style): the environment (:mod:`.env`), the offline generator (:mod:`.problems`) and the
+dataset loaders (:mod:`.datasets`)."""

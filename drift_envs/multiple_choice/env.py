@@ -19,7 +19,11 @@ info adds ``gold_letter``.
 * strict: the ``<answer>`` block (closed) holds a single letter (``B``);
 * lenient (default): ``B``, ``(B)``, ``B.``, ``B. 85``, ``The answer is B``, ``Answer: B``;
   or else the text or value of one option (``85``, or ``37 + 48 = 85``: the right-hand side
-  of the last ``=``), as in the probe on which DRIFT helped the embedded model.
+  of the last ``=``, when the equation holds: ``37 + 48 = 84 = 85`` names none), as in the probe on
+  which DRIFT helped the embedded model.
+
+An answer longer than :data:`~drift_envs.verify.MAX_ANSWER_CHARS` plus the longest option names no option;
+every pattern runs in linear time, so a step returns promptly on a megabyte reply.
 
 A reply whose content names no option (the model copying the placeholder ``[your answer]``,
 a letter past the last option, ...) is a format failure: no action, format penalty. The
@@ -39,17 +43,18 @@ import gymnasium as gym
 import numpy as np
 
 from drift_envs.base import TextEnv, TextEnvConfig, Verdict
+from drift_envs.multiple_choice.datasets import SOURCES
 from drift_envs.multiple_choice.problems import (
     DEFAULT_KINDS,
     KINDS,
     LETTERS,
     MAX_GENERATED_CHOICES,
     MIN_CHOICES,
-    SOURCES,
     MCProblem,
+    generate_mc_problems,
 )
 from drift_envs.parsing import ParsedReply, ParseMode
-from drift_envs.verify import HEDGE_RE
+from drift_envs.verify import HEDGE_RE, MAX_ANSWER_CHARS, equation_holds
 
 MC_SOURCES = ("procedural", "gpqa", "mmlu", "mmlu_pro", "mmlu_redux")
 
@@ -129,11 +134,11 @@ def load_mc_problems(
     seed: int,
 ) -> tuple[MCProblem, ...]:
     """Problems of a source, cached: the rollout agent builds one environment per episode."""
-    from drift_envs.multiple_choice import problems as mc_problems
-
     if source == "procedural":
-        return tuple(mc_problems.generate_mc_problems(num_problems, split, kinds, seed, num_choices))
-    return tuple(mc_problems.load(source, path=path, split=split, limit=num_problems, name=name))
+        return tuple(generate_mc_problems(num_problems, split, kinds, seed, num_choices))
+    from drift_envs.multiple_choice import datasets as mc_datasets
+
+    return tuple(mc_datasets.load(source, path=path, split=split, limit=num_problems, name=name))
 
 
 # -- reading an answer --------------------------------------------------------------------
@@ -141,8 +146,10 @@ def load_mc_problems(
 _BARE_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
 _LABELLED = re.compile(r"(?:\(([A-Z])\)|([A-Z])[.:)])\s+\S")
 """An option label followed by text: ``B. 85``, ``(B) 85``, ``B) 85``."""
-_PHRASE = re.compile(r"(?i:\b(?:answer|option|choice)\b)\s*(?i:is)?\s*:?\s*\(?([A-Z])\)?(?![A-Za-z0-9])")
-"""``the answer is B``, ``Answer: (C)``, ``option D``: the letter upper case, as labels are shown."""
+_PHRASE = re.compile(r"(?i:\b(?:answer|option|choice)\b)\s*+(?:(?i:is)\b\s*+)?(?::\s*+)?\(?([A-Z])\)?(?![A-Za-z0-9])")
+"""``the answer is B``, ``Answer: (C)``, ``option D``: the letter upper case, as labels are shown. The whitespace
+runs are possessive (``\s*+``): with plain ``\s*`` around optional words, a reply of ``answer`` and a thousand
+spaces took 16 s to search."""
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER_WITH_UNIT = re.compile(r"([-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+))\s*[^\d\s][^\d]*")
@@ -202,6 +209,8 @@ def read_choice(content: str, options: Sequence[str], *, strict: bool = False) -
     """
     n = len(options)
     text = content.strip()
+    if len(text) > MAX_ANSWER_CHARS + max(map(len, options)):  # no way of naming one option is that long
+        return None
 
     def index_of(letter: str | None) -> int | None:
         if letter is None:
@@ -238,8 +247,8 @@ def read_choice(content: str, options: Sequence[str], *, strict: bool = False) -
     phrase = _PHRASE.search(core)
     if phrase and index_of(phrase.group(1)) is not None:
         return index_of(phrase.group(1))
-    # The text or value of an option; after "=", its right-hand side (``37 + 48 = 85``).
-    candidates = [core] + ([core.rsplit("=", 1)[1]] if "=" in core else [])
+    # The text or value of an option; after "=", its right-hand side (``37 + 48 = 85``), where the equation holds.
+    candidates = [core] + ([core.rsplit("=", 1)[1]] if "=" in core and equation_holds(core) else [])
     for candidate in candidates:
         hits = _names_option(candidate, options)
         if len(hits) == 1:
