@@ -205,7 +205,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Fals
     preset = cfg.preset
     out = Path(cfg.out_dir)
     if (out / "metrics.json").exists():
-        raise FileExistsError(f"{out} already holds a finished run; choose another --out")
+        raise FileExistsError(f"{out} already holds a finished run" + ("" if resume else "; choose another --out"))
     if resume and not (out / "config.json").is_file():
         raise FileNotFoundError(f"--resume: {out / 'config.json'} not found (is {out} a drift run directory?)")
     if not resume:
