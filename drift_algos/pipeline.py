@@ -176,6 +176,11 @@ def make_algorithm(name: str, preset: Preset) -> OfflineAlgorithm | OnlineAlgori
     return cls()
 
 
+EVAL_SEED_OFFSET = 1_000_000
+"""Added to the evaluation seed of an environment that takes no ``split``, so no evaluation episode starts from a
+training rollout's reset seed."""
+
+
 @dataclass
 class _Run:
     """One run's pieces, shared by its stages."""
@@ -220,14 +225,24 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, *, resume: bool = Fals
     given = {name: "--env-arg" for name in cfg.env_args if name != "split"}
     train_env = env_factory(env_id, train_args, explicit=given)
     test_env = env_factory(env_id, {**base_args, "split": "test"}, explicit=given, warn=False)  # warned once
-    if not resume and distributed.is_main():
-        (out / "config.json").write_text(jsonio.dumps(
-            {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
-             "given_env_args": cfg.env_args, "env_args_not_applied": train_env.not_applied,
-             "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset),
-             "engine": asdict(cfg.engine),
-             "eval_engine": "transformers" if engine_class(cfg.engine.name).remote else cfg.engine.name},
-        ) + "\n")
+    if not resume:
+        not_applied = dict(train_env.not_applied)
+        if "split" in not_applied:
+            # Without a split, held-out episodes differ from the training rollouts only by their reset seeds: evaluate
+            # on seeds no rollout uses (rollouts and online iterations use seed, seed + 1, ... with groups < 1,000,003).
+            # A resumed run reads its preset back from config.json, where the offset is already applied.
+            preset = dataclasses.replace(preset, eval=dataclasses.replace(preset.eval,
+                                                                           seed=preset.eval.seed + EVAL_SEED_OFFSET))
+            cfg = dataclasses.replace(cfg, preset=preset)
+            not_applied["split"] += f"; evaluation episodes use the reset seeds of seed + {EVAL_SEED_OFFSET:,}"
+        if distributed.is_main():
+            (out / "config.json").write_text(jsonio.dumps(
+                {"env": cfg.env, "env_id": env_id, "model": cfg.model, "algo": cfg.algo, "env_args": base_args,
+                 "given_env_args": cfg.env_args, "env_args_not_applied": not_applied,
+                 "trajectories": str(cfg.trajectories) if cfg.trajectories else None, "preset": asdict(preset),
+                 "engine": asdict(cfg.engine),
+                 "eval_engine": "transformers" if engine_class(cfg.engine.name).remote else cfg.engine.name},
+            ) + "\n")
 
     reporter.stage("loading model")
     tokenizer = load_tokenizer(cfg.model)

@@ -27,3 +27,10 @@ class ReplyEnv(gym.Env):
     def step(self, action: str):
         reward = (sum(map(ord, action)) % 5) / 4
         return "", reward, True, False, {"success": reward == 1.0}
+
+
+class SplitlessReplyEnv(ReplyEnv):
+    """:class:`ReplyEnv` with a constructor that takes nothing: drift's settings (``split`` included) do not apply."""
+
+    def __init__(self) -> None:
+        super().__init__()

@@ -177,8 +177,12 @@ def test_run_smoke_and_eval_from_its_directory(tiny_model_dir: Path, tmp_path: P
     assert config["preset"]["max_turns"] == 2
     assert set(config["env_args_not_applied"]) == {"split", "max_actions"}
     assert "train and evaluation problems may overlap" in config["env_args_not_applied"]["split"]
-    check_episodes(run_dir / "trajectories.jsonl", groups=2, n=2, turns=2)  # the preset's turn limit applied
+    rollouts = check_episodes(run_dir / "trajectories.jsonl", groups=2, n=2, turns=2)  # the preset's turn limit
     trained = check_episodes(run_dir / "eval_trained.jsonl", groups=2, n=1, turns=2)
+    # Without a split only the reset seeds tell evaluation from training: they must not be the rollouts' seeds.
+    assert "evaluation episodes use the reset seeds of seed + 1,000,000" in config["env_args_not_applied"]["split"]
+    assert config["preset"]["eval"]["seed"] == 1_000_000
+    assert not {r["prompt_id"] for r in rollouts} & {r["prompt_id"] for r in trained}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["base"]["episodes"] == metrics["trained"]["episodes"] == 2
     assert (run_dir / "weighted.jsonl").is_file() and (run_dir / "checkpoint").is_dir()

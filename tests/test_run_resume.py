@@ -181,6 +181,26 @@ def test_a_fresh_run_refuses_an_unfinished_one_and_resume_refuses_other_flags(ti
     assert missing.exit_code == 2 and "config.json not found" in missing.output
 
 
+def test_resume_keeps_the_evaluation_seeds_of_an_environment_without_split(tiny_model_dir: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Such an environment evaluates on seed + EVAL_SEED_OFFSET; config.json holds the shifted seed, and a resumed
+    # run must use it as it is, not shift it again.
+    from drift_algos.pipeline import EVAL_SEED_OFFSET
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "run"
+    cfg = dataclasses.replace(config(tiny_model_dir, out, "drift"), env="reply_env:SplitlessReplyEnv")
+    cfg.preset.env_args = {}
+    with pytest.raises(Boom):
+        run(cfg, CrashAt("eval base", 1))
+    assert json.loads((out / "config.json").read_text())["preset"]["eval"]["seed"] == EVAL_SEED_OFFSET
+    done = CliRunner().invoke(app, ["run", "--resume", str(out)])
+    assert done.exit_code == 0, done.output
+    for which in ("base", "trained"):
+        assert {r["seed"] for r in rows(out / f"eval_{which}.jsonl")} == {EVAL_SEED_OFFSET}
+    assert {r["seed"] for r in rows(out / "trajectories.jsonl")} == {0}
+
+
 def test_ctrl_c_of_a_real_drift_run_then_resume(tiny_model_dir: Path, tmp_path: Path, references) -> None:
     # A real `drift run` (grpo) stopped with SIGINT once its first iteration is saved: exit code 130 and how to
     # resume; `drift run --resume` then finishes it as the uninterrupted run.
