@@ -223,9 +223,8 @@ def test_sigint_stops_drift_train_after_the_step_and_resume_finishes_it(tiny_mod
     step = int(saved.name.removeprefix("step-"))
     assert 5 <= step < 48 and f"interrupted after optimiser step {step}" in stopped.stderr
     assert len(log_rows(out / "train_log.jsonl")) == step  # the step under way was finished and logged, no more
-    again = subprocess.run([sys.executable, "-m", "drift_cli.main", *args], capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 2 and "--resume" in again.stderr  # never silently starts over
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output  # never silently starts over
     resumed = subprocess.run([sys.executable, "-m", "drift_cli.main", *args, "--resume"], capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
