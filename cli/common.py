@@ -34,7 +34,8 @@ FLAG_OF_FIELD = {
     "learning_rate": "--lr", "beta": "--beta", "gamma": "--gamma", "repetition_lambda": "--repetition-lambda",
     "top_p": "--top-p", "temperature": "--temperature", "min_weight": "--min-weight", "epochs": "--epochs",
     "batch_size": "--batch-size", "num_prompts": "--num-prompts", "n": "--n", "max_turns": "--max-turns",
-    "max_new_tokens": "--max-new-tokens", "threads": "--threads",
+    "max_new_tokens": "--max-new-tokens", "threads": "--threads", "grad_accum": "--grad-accum",
+    "save_every": "--save-every", "keep_last": "--keep-last",
 }
 
 
@@ -74,12 +75,14 @@ def user_errors() -> Iterator[None]:
 def removed_on_failure(path: Path, keep: tuple[str, ...] = ()) -> Iterator[None]:
     """Delete ``path`` (a folder) if the block fails and the folder did not exist before it: a failed command
     leaves no empty checkpoint or run folder behind, and never deletes what was there already. A folder holding
-    any non-empty file named in ``keep`` (work worth resuming, such as collected trajectories) is kept."""
+    any non-empty file or folder named in ``keep`` (work worth resuming, such as collected trajectories or
+    resumable checkpoints) is kept."""
     existed = path.exists()
     try:
         yield
     except BaseException:
-        worth_keeping = any((path / name).is_file() and (path / name).stat().st_size > 0 for name in keep)
+        worth_keeping = any(((path / name).is_file() and (path / name).stat().st_size > 0)
+                            or ((path / name).is_dir() and any((path / name).iterdir())) for name in keep)
         if not existed and path.is_dir() and not worth_keeping:
             import shutil
 

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from drift_algos import jsonio
-from drift_algos.rollout.collection import CollectionMeta, Shard, rewrite_complete, scan
+from drift_algos.rollout.collection import CollectionMeta, Shard, open_collection
 from drift_cli.common import (
     EXIT_TEMPFAIL,
     ApiKeyEnvOption,
@@ -121,19 +121,11 @@ def rollout(
         meta = CollectionMeta(env_id=env_id, env_args=kwargs, model=model, temperature=temperature, top_p=top_p,
                               max_new_tokens=cfg.max_new_tokens, seed=seed, num_prompts=num_prompts, n=n,
                               problems=problems, shard=str(share))
-        groups = share.groups(num_prompts)
-        if resume:
-            diff = CollectionMeta.load(out).differences(meta)
-            if diff:
-                raise ValueError(f"--resume: {CollectionMeta.path_for(out)} has another '{diff[0]}' "
-                                 f"({getattr(CollectionMeta.load(out), diff[0])!r}, now {getattr(meta, diff[0])!r})")
-            found = scan(out, n)
-            rewrite_complete(out, found)
-            groups = [g for g in groups if g not in found.complete]
+        pending = open_collection(out, meta, resume=resume)
+        groups, found = pending.groups, pending.found
+        if found is not None:
             console.print(f"resuming {out}: {len(found.complete)} complete groups kept, {found.partial_rows} rows of "
                           f"unfinished groups and {found.torn_lines} torn line(s) dropped, {len(groups)} groups to go")
-        else:
-            meta.save(out)
         interrupted = False
         failure: RolloutFailed | None = None
         with TrajectoryWriter(out, append=resume) as writer, progress_bar() as bar:

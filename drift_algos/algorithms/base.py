@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from drift_algos.records import Trajectory
 from drift_algos.training.objectives import Objective
 from drift_algos.training.samples import Sample, TokenizedSample, turn_samples
@@ -90,3 +92,10 @@ class OnlineAlgorithm(ABC):
     @abstractmethod
     def objective(self) -> Objective:
         """The loss the trainer minimises (asked after :meth:`complete`, each iteration)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The algorithm's own trained weights besides the policy's (PPO's value head), for resumable checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], trainer) -> None:  # noqa: B027 - most have none
+        """Restore what :meth:`state_dict` returned (``trainer`` holds the policy, e.g. for its hidden size)."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from drift_algos.advantages import gae
 from drift_algos.algorithms.base import OnlineAlgorithm, OnlineBatch
 from drift_algos.records import Trajectory
@@ -133,6 +135,16 @@ class PPO(OnlineAlgorithm):
                 for s in batch.samples:
                     s.advantages = [(a - mean) / (std + 1e-6) if m else 0.0
                                     for a, m in zip(s.advantages, s.loss_mask, strict=True)]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.head is None:
+            return {}
+        return {f"value_head.{k}": v.detach().cpu() for k, v in self.head.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], trainer) -> None:
+        if state:
+            self.head = ValueHead(trainer.model.config.hidden_size)
+            self.head.load_state_dict({k.removeprefix("value_head."): v for k, v in state.items()})
 
     def objective(self) -> Objective:
         cfg = self.config

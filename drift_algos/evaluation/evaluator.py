@@ -102,17 +102,32 @@ def evaluate(
     writer: TrajectoryWriter | None = None,
     progress: ProgressFn | None = None,
 ) -> EvalResult:
-    """Greedy multi-turn episodes on the first ``cfg.num_problems`` problems of ``make_env()``."""
+    """Greedy multi-turn episodes on the first ``cfg.num_problems`` problems of ``make_env()``; ``writer`` gets
+    them in problem order once all are done.
+
+    Under several processes (``accelerate launch``) each process runs its share of the problems (every
+    ``count``-th) with its own engine and the episodes are gathered: every process returns the whole result, and
+    each episode is the one a single process would run (its seeds come from its problem), written in the same order.
+    """
+    from drift_algos import distributed
+
     agent = RolloutAgent(engine, make_env, env_id=env_id, model_name=model_name)
     num = cfg.num_problems if agent.num_problems is None else min(cfg.num_problems, agent.num_problems)
     rollout = RolloutConfig(num_prompts=num, n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
                             seed=cfg.seed, shuffle=False)
-    trajectories, summary = agent.run(rollout, writer=writer, progress=progress)
-    max_turns = agent.max_turns or summary.metrics.max_turns
+    problems = agent.choose_problems(rollout)
+    mine = distributed.mine(range(num))
+    local, summary = agent.run(rollout, problems=[problems[g] for g in mine], groups=mine, progress=progress)
+    trajectories = sorted(distributed.gather(local), key=lambda t: t.group_index)
+    if writer is not None:
+        for trajectory in trajectories:
+            writer.write(trajectory)
+    max_turns = agent.max_turns or max((t.num_turns for t in trajectories), default=1)
     result = result_from_trajectories(trajectories, max_turns, samples=cfg.bootstrap_samples, seed=cfg.seed)
-    result.generated_tokens = summary.generated_tokens
+    (generated,) = distributed.total([summary.generated_tokens])
+    result.generated_tokens = int(generated)
     result.elapsed_s = summary.elapsed_s
-    result.extra["tokens_per_s"] = summary.tokens_per_s
+    result.extra["tokens_per_s"] = generated / summary.elapsed_s if summary.elapsed_s > 0 else float("nan")
     return result
 
 

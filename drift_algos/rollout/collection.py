@@ -163,6 +163,44 @@ def rewrite_complete(path: str | Path, found: Scan) -> None:
     os.replace(temporary, path)
 
 
+@dataclass
+class Pending:
+    """What a collection still owes, from :func:`open_collection`."""
+
+    groups: list[int]
+    """Group indices still to collect, in order."""
+    found: Scan | None
+    """What a resumed file held (``None``: a fresh collection)."""
+
+
+def open_collection(out: str | Path, meta: CollectionMeta, *, resume: bool) -> Pending:
+    """Get ``out`` ready to collect ``meta``'s share of groups, and say which groups are left.
+
+    Fresh: ``out`` must not hold records (it is never overwritten); the meta file is written first. Resumed:
+    ``out``'s meta file must match ``meta`` field by field; the file is rewritten with its complete groups only
+    (partial groups and a torn last line dropped) and those groups are not collected again. Records then go to
+    ``out`` appended (``TrajectoryWriter(out, append=True)``).
+    """
+    out = Path(out)
+    groups = Shard.parse(meta.shard).groups(meta.num_prompts)
+    if not resume:
+        if out.exists() and out.stat().st_size > 0:
+            raise FileExistsError(f"{out} already exists: finish it with --resume, or choose another --out")
+        meta.save(out)
+        return Pending(groups, None)
+    if not out.exists():
+        raise FileNotFoundError(f"--resume: {out} does not exist (nothing to resume)")
+    saved = CollectionMeta.load(out)
+    diff = saved.differences(meta)
+    if diff:
+        name = diff[0]
+        raise ValueError(f"--resume: {CollectionMeta.path_for(out)} has another '{name}' ({getattr(saved, name)!r}, "
+                         f"now {getattr(meta, name)!r})")
+    found = scan(out, meta.n)
+    rewrite_complete(out, found)
+    return Pending([g for g in groups if g not in found.complete], found)
+
+
 def merge(shards: list[Path], out: Path) -> tuple[CollectionMeta, int]:
     """Merge shard files into ``out`` (groups in order); returns the merged meta and the row count.
 

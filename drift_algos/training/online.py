@@ -7,24 +7,36 @@ token-faithful samples with per-token coefficients; the loop adds the sampling p
 ``train.epochs`` optimisation epochs over mini-batches of ``train.batch_size``; the engine loads the new weights.
 One line per iteration goes to ``online_log.jsonl``.
 
+After each iteration the loop saves a resumable checkpoint, ``resume/iteration-<i>/`` (the policy's trainable weights,
+the algorithm's own such as PPO's value head, each process's RNG states, the log so far; see
+:mod:`~drift_algos.training.checkpoints`); ``resume=True`` continues after the newest one, and since an iteration's
+sampling seeds come from the run's seed and the iteration number, the resumed run repeats the uninterrupted one.
+
+Under several processes (``accelerate launch``) each process samples its share of the iteration's groups (a group is
+never split, so advantages stay within it), the trajectories are gathered in group order, the log-prob passes are
+shared out by batch, and the trainer trains data-parallel: the same numbers as one process.
+
 The optimiser (AdamW) starts afresh each iteration, with no warm-up (the trainer's ``warmup_ratio`` applies within
 an iteration): simple, and with the few optimiser steps per iteration of a CPU preset its moments carry little.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from drift_algos import distributed
 from drift_algos.algorithms.base import OnlineAlgorithm
 from drift_algos.engines.base import Engine
 from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
+from drift_algos.training import checkpoints
 from drift_algos.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -81,6 +93,37 @@ def iteration_metrics(returns: list[float], successes: list[bool], history: list
     }
 
 
+ONLINE_STATE = "online_state.json"
+"""The iteration and the loop's results so far, inside an ``iteration-<i>`` checkpoint."""
+ALGORITHM_WEIGHTS = "algorithm.safetensors"
+"""The algorithm's own trainable weights (PPO's value head) inside an ``iteration-<i>`` checkpoint."""
+
+
+def save_iteration(folder: Path, iteration: int, trainer: Trainer, algorithm: OnlineAlgorithm, result: OnlineResult,
+                   *, keep_last: int | None = None) -> Path:
+    """A resumable checkpoint of the loop after ``iteration`` (every process calls it)."""
+    with checkpoints.atomic_folder(folder, keep_last=keep_last) as temporary:
+        if distributed.is_main():
+            checkpoints.save_tensors(temporary / checkpoints.WEIGHTS_FILE, checkpoints.trainable_state(trainer.model))
+            own = algorithm.state_dict()
+            if own:
+                checkpoints.save_tensors(temporary / ALGORITHM_WEIGHTS, own)
+            (temporary / ONLINE_STATE).write_text(json.dumps({"iteration": iteration, "result": asdict(result)}) + "\n")
+        checkpoints.save_rng(temporary)
+    return folder
+
+
+def load_iteration(folder: Path, trainer: Trainer, algorithm: OnlineAlgorithm) -> tuple[int, OnlineResult]:
+    """Restore :func:`save_iteration`'s checkpoint into ``trainer`` and ``algorithm``; its iteration and results."""
+    state = json.loads((folder / ONLINE_STATE).read_text(encoding="utf-8"))
+    weights = checkpoints.load_tensors(folder / checkpoints.WEIGHTS_FILE)
+    checkpoints.load_trainable_state(trainer.model, weights, folder)
+    if (folder / ALGORITHM_WEIGHTS).is_file():
+        algorithm.load_state_dict(checkpoints.load_tensors(folder / ALGORITHM_WEIGHTS), trainer)
+    checkpoints.load_rng(folder)
+    return int(state["iteration"]), OnlineResult(**state["result"])
+
+
 def train_online(
     algorithm: OnlineAlgorithm,
     agent: RolloutAgent,
@@ -91,25 +134,49 @@ def train_online(
     out_dir: Path,
     *,
     progress: Callable[[int, int, int], None] | None = None,
+    resume: bool = False,
 ) -> OnlineResult:
     """Run ``cfg.iterations`` iterations; ``progress(iteration, iterations, generated_tokens)``.
 
     ``rollout`` gives the sampling settings (temperature, reply length, seed); the loop sets the number of
-    prompts and the group size from ``cfg`` and a new seed per iteration.
+    prompts and the group size from ``cfg`` and a new seed per iteration. ``resume`` continues after the newest
+    ``out_dir/resume/iteration-<i>`` checkpoint (from the start when there is none); without it, a folder that
+    holds such checkpoints is refused.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    # The reference is the policy before any update, also when resuming (the resumed weights are loaded after).
     reference = copy.deepcopy(trainer.model).eval() if algorithm.needs_reference else None
     result = OnlineResult()
-    start = time.perf_counter()
-    with (out_dir / "online_log.jsonl").open("a", encoding="utf-8") as log:
-        for iteration in range(1, cfg.iterations + 1):
+    resume_dir = out_dir / "resume"
+    found = checkpoints.latest(resume_dir, "iteration")
+    if found is not None and not resume:
+        raise FileExistsError(f"{resume_dir} holds checkpoints of an earlier run (newest: {found.name}): continue it "
+                              "with --resume, or choose another output folder")
+    done = 0
+    if found is not None:
+        done, result = load_iteration(found, trainer, algorithm)
+        engine.update_weights(trainer.model)
+        logger.info("resuming after iteration %d of %d (%s)", done, cfg.iterations, found)
+    log_path = out_dir / "online_log.jsonl"
+    if resume and main:  # the log of the finished iterations only (a killed run may have logged one more)
+        log_path.write_text("".join(json.dumps(entry) + "\n" for entry in result.iterations), encoding="utf-8")
+    start = time.perf_counter() - result.elapsed_s
+    with log_path.open("a", encoding="utf-8") if main else contextlib.nullcontext() as log:
+        for iteration in range(done + 1, cfg.iterations + 1):
             t0 = time.perf_counter()
             rollout_i = dataclasses.replace(rollout, num_prompts=cfg.prompts_per_iteration, n=cfg.group_size,
                                             seed=rollout.seed + iteration - 1, record_token_ids=True)
-            trajectories, summary = agent.run(rollout_i)
+            problems = agent.choose_problems(rollout_i)
+            groups = distributed.mine(range(cfg.prompts_per_iteration))  # whole groups: advantages stay within one
+            mine, summary = agent.run(rollout_i, problems=[problems[g] for g in groups], groups=groups)
+            trajectories = sorted(distributed.gather(mine), key=lambda t: (t.group_index, t.sample_index))
+            (generated,) = distributed.total([summary.generated_tokens])
             batch = algorithm.batch(trajectories)
             entry: dict[str, float] = {"iteration": iteration, "trajectories": len(trajectories),
-                                       "generated_tokens": summary.generated_tokens, **batch.info}
+                                       "generated_tokens": int(generated), **batch.info}
             history: list[dict[str, float]] = []
             target_tokens = trained_tokens = 0
             if batch.samples:
@@ -127,13 +194,17 @@ def train_online(
             entry.update(iteration_metrics(batch.returns, [t.success for t in trajectories], history, target_tokens))
             elapsed = time.perf_counter() - t0
             entry.update({"samples": len(batch.samples), "trained_tokens": trained_tokens, "elapsed_s": elapsed,
-                          "tokens_per_s": (summary.generated_tokens + trained_tokens) / elapsed})
+                          "tokens_per_s": (generated + trained_tokens) / elapsed})
             result.iterations.append(entry)
-            result.generated_tokens += summary.generated_tokens
+            result.generated_tokens += int(generated)
             result.trained_tokens += trained_tokens
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
+            result.elapsed_s = time.perf_counter() - start
+            if log is not None:
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
             logger.info("iteration %d: reward %.3f, success %.2f", iteration, entry["reward"], entry["success"])
+            save_iteration(resume_dir / f"iteration-{iteration}", iteration, trainer, algorithm, result,
+                           keep_last=trainer.cfg.keep_last)
             if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < cfg.iterations:
                 trainer.save(out_dir / f"checkpoint-{iteration}")
             if progress is not None:
