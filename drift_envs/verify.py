@@ -198,14 +198,20 @@ def _time_limit(seconds: float) -> Iterator[None]:
         yield
         return
 
+    running = True
+
     def expire(signum, frame):
-        raise _OutOfTime
+        if running:
+            raise _OutOfTime
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # Repeating: a raise that lands in a gc callback or a __del__ is swallowed there (hypothesis installs gc
+    # callbacks; the check then ran on for 15 s), so the timer fires again every 50 ms until the block ends.
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
     try:
         yield
     finally:
+        running = False
         try:
             signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
