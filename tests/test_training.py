@@ -423,3 +423,21 @@ def test_a_small_lr_step_changes_the_weights_on_cuda(tiny_model_dir: Path, token
     assert after["model.embed_tokens.weight"].dtype == torch.float32
     changed = sum(not torch.equal(after[k].detach().float().cpu(), v) for k, v in before.items())
     assert changed >= len(before) - 2  # every matrix moved (norm weights may sit at a stationary point)
+
+
+def test_keep_optimizer_continues_adam_across_fits(tiny_model_dir: Path, tokenizer) -> None:
+    # The online loop fits once per iteration: AdamW's moments must carry over, not restart at a first step.
+    cfg = TrainConfig(learning_rate=1e-3, batch_size=1, warmup_ratio=0.0, seed=0)
+    carried = Trainer(fresh_model(tiny_model_dir), tokenizer, cfg)
+    first = carried.fit(samples_abc(), keep_optimizer=True)
+    second = carried.fit(samples_abc(), keep_optimizer=True)
+    steps = [entry["step"] for entry in carried.optimizer_state["state"].values()]
+    assert steps and all(float(s) == first.steps + second.steps for s in steps)
+    # Two fits of a fresh optimiser each end elsewhere.
+    fresh = Trainer(fresh_model(tiny_model_dir), tokenizer, cfg)
+    fresh.fit(samples_abc())
+    fresh.fit(samples_abc())
+    assert fresh.optimizer_state is None
+    difference = max((a - b).abs().max().item() for a, b in zip(carried.model.parameters(), fresh.model.parameters(),
+                                                                 strict=True))
+    assert difference > 1e-5

@@ -10,7 +10,7 @@ checkpoint or the new one, never half of one:
   ``trainer_state.json`` (where the data stands: epoch, window, the epoch's batch order and the batch-order RNG;
   the losses logged so far);
 - ``iteration-<i>/``, the online loop after iteration ``i`` (:func:`~drift_algos.training.online.train_online`):
-  the policy's trainable weights, the algorithm's own (PPO's value head), each process's RNG states, and
+  the policy's trainable weights, the algorithm's own (PPO's value head), AdamW's state, each process's RNG states, and
   ``online_state.json`` (the iteration and the log entries so far).
 
 Under several processes every process calls these functions; only the main process creates, renames and deletes

@@ -16,8 +16,10 @@ Under several processes (``accelerate launch``) each process samples its share o
 never split, so advantages stay within it), the trajectories are gathered in group order, the log-prob passes are
 shared out by batch, and the trainer trains data-parallel: the same numbers as one process.
 
-The optimiser (AdamW) starts afresh each iteration, with no warm-up (the trainer's ``warmup_ratio`` applies within
-an iteration): simple, and with the few optimiser steps per iteration of a CPU preset its moments carry little.
+One AdamW runs through all the iterations (its moments carry over from one iteration's fit to the next, and are
+saved in the resumable checkpoints); the learning-rate schedule (the trainer's ``warmup_ratio``) applies within an
+iteration. A fresh optimiser each iteration would make every update of a CPU preset, with its one to three optimiser
+steps per iteration, a first Adam step: about ``lr * sign(gradient)``, whatever the gradient's size.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from drift_algos import distributed
 from drift_algos.algorithms.base import OnlineAlgorithm
@@ -95,6 +99,8 @@ def iteration_metrics(returns: list[float], successes: list[bool], history: list
 
 ONLINE_STATE = "online_state.json"
 """The iteration and the loop's results so far, inside an ``iteration-<i>`` checkpoint."""
+OPTIMIZER_STATE = "optimizer.pt"
+"""AdamW's state (it runs through the iterations) inside an ``iteration-<i>`` checkpoint."""
 ALGORITHM_WEIGHTS = "algorithm.safetensors"
 """The algorithm's own trainable weights (PPO's value head) inside an ``iteration-<i>`` checkpoint."""
 
@@ -109,6 +115,8 @@ def save_iteration(folder: Path, iteration: int, trainer: Trainer, algorithm: On
             if own:
                 checkpoints.save_tensors(temporary / ALGORITHM_WEIGHTS, own)
             (temporary / ONLINE_STATE).write_text(json.dumps({"iteration": iteration, "result": asdict(result)}) + "\n")
+            if trainer.optimizer_state is not None:
+                torch.save(trainer.optimizer_state, temporary / OPTIMIZER_STATE)
         checkpoints.save_rng(temporary)
     return folder
 
@@ -120,6 +128,8 @@ def load_iteration(folder: Path, trainer: Trainer, algorithm: OnlineAlgorithm) -
     checkpoints.load_trainable_state(trainer.model, weights, folder)
     if (folder / ALGORITHM_WEIGHTS).is_file():
         algorithm.load_state_dict(checkpoints.load_tensors(folder / ALGORITHM_WEIGHTS), trainer)
+    if (folder / OPTIMIZER_STATE).is_file():
+        trainer.optimizer_state = torch.load(folder / OPTIMIZER_STATE, weights_only=True)
     checkpoints.load_rng(folder)
     return int(state["iteration"]), OnlineResult(**state["result"])
 
@@ -188,7 +198,7 @@ def train_online(
                     for sample, logp in zip(batch.samples, trainer.logprobs(batch.samples, reference), strict=True):
                         sample.ref_logprobs = logp
                 algorithm.complete(batch, trainer)
-                fit = trainer.fit(batch.samples, objective=algorithm.objective())
+                fit = trainer.fit(batch.samples, objective=algorithm.objective(), keep_optimizer=True)
                 history, target_tokens, trained_tokens = fit.history, fit.target_tokens, fit.tokens
                 engine.update_weights(trainer.model)
             entry.update(iteration_metrics(batch.returns, [t.success for t in trajectories], history, target_tokens))

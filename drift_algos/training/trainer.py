@@ -394,6 +394,10 @@ class Trainer:
         model.train()
         self.model = model
         self._prepared = None  # the model as accelerate wrapped it for the last fit (DDP, FSDP, DeepSpeed)
+        self.optimizer_state: dict | None = None
+        """AdamW's state after the last fit with ``keep_optimizer`` (its moments), which the next such fit continues
+        from: online algorithms fit once per iteration, and a fresh AdamW each time would make every update a first
+        Adam step (about lr * sign(gradient))."""
 
     def tokenize(self, samples: Sequence[Sample | TokenizedSample]) -> list[TokenizedSample]:
         """Token ids and loss masks; already tokenised samples (an engine's own ids) pass through unchanged."""
@@ -478,6 +482,7 @@ class Trainer:
         progress: Callable[[int, int, float], None] | None = None,
         checkpoint_dir: Path | None = None,
         resume: bool = False,
+        keep_optimizer: bool = False,
     ) -> TrainResult:
         """Train on ``samples`` for ``cfg.epochs`` epochs; ``progress(step, total_steps, loss)``.
 
@@ -486,6 +491,9 @@ class Trainer:
         Ctrl-C stops the fit (:class:`TrainingInterrupted`, after the step under way); ``resume`` continues from the
         newest one (from the start when there is none), truncating ``log_path`` to its step, and reaches the weights
         of an uninterrupted fit. Without ``resume`` a folder that already holds checkpoints is refused.
+
+        ``keep_optimizer`` continues AdamW from :attr:`optimizer_state` (the previous such fit's; the online loop's
+        iterations) and keeps its state for the next; the learning-rate schedule still spans this fit only.
         """
         cfg, acc = self.cfg, self.accelerator
         if not samples:
@@ -503,7 +511,8 @@ class Trainer:
             raise FileExistsError(f"{checkpoint_dir} holds checkpoints of an earlier run (newest: {found.name}): "
                                   "continue it with --resume, or choose another output folder")
         total_steps = math.ceil(math.ceil(len(data) / cfg.batch_size) / per_step) * cfg.epochs
-        model, optimizer, scheduler, own = self._prepare(objective, total_steps)
+        model, optimizer, scheduler, own = self._prepare(objective, total_steps,
+                                                         self.optimizer_state if keep_optimizer else None)
         rng = random.Random(cfg.seed)
         if found is not None:
             saved = TrainState.load(found)
@@ -575,6 +584,9 @@ class Trainer:
         finally:
             if log is not None:
                 log.close()
+        if keep_optimizer:
+            # References, not copies (for a full model the moments are twice its size): this optimiser is done.
+            self.optimizer_state = optimizer.state_dict()
         self.model = acc.unwrap_model(model)
         self.model.eval()
         return TrainResult(steps=state.step, samples=len(data), tokens=state.tokens,
@@ -582,8 +594,9 @@ class Trainer:
                            final_loss=sum(state.epoch_losses) / max(1, len(state.epoch_losses)),
                            history=state.history)
 
-    def _prepare(self, objective: Objective, total_steps: int):
-        """The model, a fresh AdamW and its schedule, prepared by accelerate; and the objective's own parameters."""
+    def _prepare(self, objective: Objective, total_steps: int, optimizer_state: dict | None = None):
+        """The model, AdamW (fresh, or continuing from ``optimizer_state``) and its schedule, prepared by accelerate;
+        and the objective's own parameters."""
         cfg, acc = self.cfg, self.accelerator
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
@@ -595,6 +608,12 @@ class Trainer:
             objective.to(acc.device)
             groups.append({"params": own, "weight_decay": 0.0})
         optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+        if optimizer_state is not None:
+            if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+                raise ValueError("keep_optimizer needs a replicated optimiser (one process or DDP), not FSDP/DeepSpeed")
+            optimizer.load_state_dict(optimizer_state)
+            for group in optimizer.param_groups:  # the schedule below sets the rate from the config, not the past
+                group["lr"] = group["initial_lr"] = cfg.learning_rate
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_steps))
         acc.free_memory()  # forget an earlier fit's model and optimiser (online iterations fit again and again)
         if acc.distributed_type == DistributedType.DEEPSPEED:
