@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from drift_cli.bench import bench_app
 from drift_cli.envs_cmd import envs
 from drift_cli.eval_cmd import eval_
 from drift_cli.merge import merge
@@ -28,6 +29,7 @@ register_weigh(app)
 app.command()(train)
 app.command(name="eval")(eval_)
 app.command()(run)
+app.add_typer(bench_app, name="bench")
 
 def main() -> None:
     """Console entry point: usage errors (a flag out of range, an unknown option) are one line
