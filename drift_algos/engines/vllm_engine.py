@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -125,6 +126,11 @@ class VLLMConfig:
 
 
 def _import_vllm():
+    # vLLM configures its own loggers when first imported: at drift's default level (warnings) its start-up notes
+    # and harmless warnings (no tcmalloc preloaded, ...) would flood the terminal; -v shows them.
+    if "vllm" not in sys.modules and "VLLM_LOGGING_LEVEL" not in os.environ:
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO" if logging.getLogger().getEffectiveLevel() <= logging.INFO \
+            else "ERROR"
     try:
         import vllm
     except ImportError as err:
@@ -223,7 +229,6 @@ class VLLMEngine(Engine):
             torch.set_num_threads = set_threads
         self._lora = vllm.lora.request.LoRARequest("adapter", _LORA_ID, str(Path(adapter).resolve())) \
             if adapter is not None else None
-        self._eos_ids = self._stop_token_ids()
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -240,13 +245,6 @@ class VLLMEngine(Engine):
         if loaded is not None and adapter is None:
             engine.update_weights(loaded[0])  # the model in memory may differ from the one on disk
         return engine
-
-    def _stop_token_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        with contextlib.suppress(Exception):
-            eos = self.llm.llm_engine.model_config.hf_config.eos_token_id
-            ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        return ids
 
     # Prompts ---------------------------------------------------------------------------------------------------
 
@@ -311,8 +309,10 @@ class VLLMEngine(Engine):
         logprobs = [entry[token].logprob for token, entry in zip(tokens, sample.logprobs, strict=True)] \
             if params.logprobs and sample.logprobs is not None else None
         finish = "stop" if sample.finish_reason == "stop" else "length"
-        if finish == "stop" and not isinstance(sample.stop_reason, str) and tokens and tokens[-1] in self._eos_ids:
-            tokens = tokens[:-1]  # an EOS (or another stop token) ends the reply and is not part of it
+        if finish == "stop" and not isinstance(sample.stop_reason, str) and tokens:
+            # vLLM's stop_reason None: an EOS (the tokenizer's or the generation config's), an int: that stop token;
+            # either is the last token, which ends the reply and is not part of it (as the transformers engine has it)
+            tokens = tokens[:-1]
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, params.stop)
         if stopped:
@@ -325,6 +325,27 @@ class VLLMEngine(Engine):
             logprobs = logprobs[: len(tokens)]
         return Completion(text=text, token_ids=tokens, logprobs=logprobs, prompt_tokens=len(prompt_ids),
                           finish_reason=finish, prompt_token_ids=list(prompt_ids))
+
+    def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
+        """The model's log-prob of each of ``completion_ids`` after ``prompt_ids`` (a fixed completion, not sampled).
+
+        vLLM's prompt log-probs of the concatenation (raw: before temperature), one forward pass.
+        """
+        import torch
+        from vllm import SamplingParams as VSamplingParams
+
+        if not completion_ids:
+            return []
+        ids = list(prompt_ids) + list(completion_ids)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            [output] = self.llm.generate([{"prompt_token_ids": ids}], VSamplingParams(max_tokens=1, prompt_logprobs=0),
+                                         lora_request=self._lora, use_tqdm=False)
+        finally:
+            torch.set_num_threads(previous)
+        entries = output.prompt_logprobs[len(prompt_ids):]
+        return [entry[token].logprob for token, entry in zip(completion_ids, entries, strict=True)]
 
     # Weights ---------------------------------------------------------------------------------------------------
 
