@@ -321,12 +321,14 @@ def test_cli_rollout_with_the_vllm_engine_writes_valid_trajectories(model_dir: P
 
 
 @needs_vllm
-def test_drift_run_grpo_with_the_vllm_engine(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_drift_run_online_with_the_vllm_engine(algo: str, model_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from drift_cli.main import app
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["run", "--env", "math", "--algo", "grpo", "--model", str(model_dir), "--preset",
+    result = runner.invoke(app, ["run", "--env", "math", "--algo", algo, "--model", str(model_dir), "--preset",
                                  "smoke", "--num-prompts", "2", "--n", "2", "--iterations", "2", "--eval-problems",
                                  "2", "--engine", "vllm", "--engine-arg", f"kv_cache_memory_bytes={KV_BYTES}",
                                  "--engine-arg", "max_model_len=1024", "--threads", "1", "--out", str(out)])
@@ -335,7 +337,7 @@ def test_drift_run_grpo_with_the_vllm_engine(model_dir: Path, tmp_path: Path, mo
     assert [e["iteration"] for e in log] == [1, 2]
     assert json.loads((out / "config.json").read_text())["engine"]["name"] == "vllm"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["algo"] == "grpo" and metrics["train"]["iterations"] == 2
+    assert metrics["algo"] == algo and metrics["train"]["iterations"] == 2
 
 
 # -- the embedded model ----------------------------------------------------------------------------------------
