@@ -153,6 +153,18 @@ def test_seeds_reproduce_samples_whatever_the_batch(engine) -> None:
 
 
 @needs_vllm
+def test_a_large_seeded_batch_whose_prefills_do_not_fit_one_step(engine) -> None:
+    # 96 seeded prompts of 140-200 tokens: more than one scheduler step takes. With chunked prefill (vLLM's default)
+    # vLLM 0.32's CPU build fails here ("CPU Generator does not use offset"); the engine turns it off on a CPU.
+    long = [[{"role": "user", "content": f"{i} + " * 60 + "= ?"}] for i in range(96)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, n=2)
+    out = engine.generate(long, params, seeds=list(range(96)))
+    assert len(out) == 96 and all(len(row) == 2 and row[0].prompt_tokens > 100 for row in out)
+    again = engine.generate(long[::-1], params, seeds=list(range(96))[::-1])
+    assert [[c.token_ids for c in row] for row in again[::-1]] == [[c.token_ids for c in row] for row in out]
+
+
+@needs_vllm
 def test_n_completions_per_conversation_differ(engine) -> None:
     for seeds in ([1, 2, 3], None):
         out = engine.generate(CONVERSATIONS, SamplingParams(temperature=1.0, max_new_tokens=12, n=4), seeds=seeds)

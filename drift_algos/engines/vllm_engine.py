@@ -73,6 +73,10 @@ class VLLMConfig:
     """Reuse the KV cache of prompts seen before (a conversation's turns, a group's samples)."""
     max_num_seqs: int | None = None
     """Sequences vLLM runs at once (``None``: vLLM's default)."""
+    enable_chunked_prefill: bool | None = None
+    """Split long prefills across steps (``None``: off on a CPU, on with CUDA). vLLM 0.32's CPU build fails with
+    "CPU Generator does not use offset" when a seeded request's prefill is chunked (it rewinds the request's torch
+    generator, which a CPU generator cannot do): every drift rollout seeds its requests, so it stays off there."""
     max_lora_rank: int | None = None
     """Largest LoRA rank vLLM reserves for an adapter (``None``: the adapter's own rank, rounded up to one vLLM
     supports)."""
@@ -88,7 +92,7 @@ class VLLMConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        for name in ("enforce_eager", "enable_prefix_caching"):
+        for name in ("enforce_eager", "enable_prefix_caching", "enable_chunked_prefill"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -116,6 +120,8 @@ class VLLMConfig:
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "seed": self.seed,
         }
+        kwargs["enable_chunked_prefill"] = self.enable_chunked_prefill if self.enable_chunked_prefill is not None \
+            else cuda
         kv = self.kv_cache_memory_bytes if self.kv_cache_memory_bytes is not None else (None if cuda else 2 * GiB)
         if kv is not None:
             kwargs["kv_cache_memory_bytes"] = kv
