@@ -31,21 +31,36 @@ def _num(value: float, digits: int = 1) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+ENGINE_ROWS = (
+    ("rollout tok/s", lambda r: _num(r["rollout"]["tokens_per_s"])),
+    ("rollout x generate", lambda r: _num(r["rollout"]["x_generate"], 2)),
+    ("rollout x floor", lambda r: _num(r["rollout"]["x_floor"], 3)),
+    ("rollout s", lambda r: _num(r["rollout"]["seconds"])),
+    ("decode tok/s", lambda r: _num(r["decode"]["tokens_per_s"])),
+    ("decode x generate", lambda r: _num(r["decode"]["x_generate"], 2)),
+    ("decode x floor", lambda r: _num(r["decode"]["x_floor"], 3)),
+    ("time to first token s", lambda r: _num(r["ttft_s"], 2)),
+    ("start-up s", lambda r: _num(r["startup_s"])),
+    ("wall-clock s (start-up included)", lambda r: _num(r["wall_s"])),
+    ("peak RSS MiB", lambda r: _num(r["peak_rss_mib"], 0)),
+    ("same tokens as generate (rollout / decode)",
+     lambda r: "-" if "same_as_generate" not in r["rollout"]
+     else f"{r['rollout']['same_as_generate']:.0%} / {r['decode']['same_as_generate']:.0%}"),
+)
+"""The engines table's rows: a label and how a report row shows it."""
+
+
 def engines_table(report: dict) -> Table:
-    """Each engine's measurements, the baseline first."""
-    rollout = report["config"]
-    table = Table(title=(f"throughput ({rollout['model']}; rollout {rollout['prompts']} x {rollout['n']}, "
-                         f"{rollout['turns']} turns; decode batch {rollout['decode_batch']}; floor "
+    """One column per engine, the baseline (plain ``model.generate``) first."""
+    cfg = report["config"]
+    table = Table(title=(f"throughput ({cfg['model']}; rollout {cfg['prompts']} x {cfg['n']}, {cfg['turns']} turns; "
+                         f"decode batch {cfg['decode_batch']} x {cfg['decode_tokens']} tokens; floor "
                          f"{report['floor_tokens_per_s']:.0f} tok/s)"))
-    for column in ("engine", "rollout tok/s", "x generate", "x floor", "decode tok/s", "x generate", "x floor",
-                   "TTFT s", "start-up s", "wall s", "peak RSS MiB", "same tokens"):
-        table.add_column(column, justify="left" if column == "engine" else "right")
+    table.add_column("")
     for row in report["engines"]:
-        r, d = row["rollout"], row["decode"]
-        same = "-" if "same_as_generate" not in r else f"{r['same_as_generate']:.0%} / {d['same_as_generate']:.0%}"
-        table.add_row(row["engine"], _num(r["tokens_per_s"]), _num(r["x_generate"], 2), _num(r["x_floor"], 3),
-                      _num(d["tokens_per_s"]), _num(d["x_generate"], 2), _num(d["x_floor"], 3), _num(row["ttft_s"], 2),
-                      _num(row["startup_s"]), _num(row["wall_s"]), _num(row["peak_rss_mib"], 0), same)
+        table.add_column(row["engine"], justify="right")
+    for label, show in ENGINE_ROWS:
+        table.add_row(label, *(show(row) for row in report["engines"]))
     return table
 
 
