@@ -97,9 +97,10 @@ THREADS_HELP = ("CPU threads for generation and training (default: what torch pi
                 "busy process, 1 can be several times faster than 2.")
 BASE_URL_HELP = "openai engine: a server's address, e.g. http://127.0.0.1:8000/v1 (repeatable; requests share them)."
 API_KEY_ENV_HELP = "openai engine: the environment variable that holds the servers' API key (default: none)."
-ENGINE_ARG_HELP = ("Engine setting key=value (repeatable; values parsed as JSON). openai engine: api=chat, "
-                   "concurrency (requests in flight per server, 64), retry_budget_s (600), max_retries (10), "
-                   "timeout_s (600), served_model, prompt_ids, vllm_extensions.")
+ENGINE_ARG_HELP = ("Engine setting key=value (repeatable; values parsed as JSON). transformers engine: "
+                   "prefix_cache_mib (memory for the keys and values reused by a conversation's next turn, 2048; 0: "
+                   "off). openai engine: api=chat, concurrency (requests in flight per server, 64), retry_budget_s "
+                   "(600), max_retries (10), timeout_s (600), served_model, prompt_ids, vllm_extensions.")
 
 EngineOption = Annotated[str, typer.Option("--engine", help=ENGINE_HELP)]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help=THREADS_HELP)]

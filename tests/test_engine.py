@@ -400,7 +400,7 @@ def test_prefix_cache_setting(engine: TransformersEngine) -> None:
 
     with pytest.raises(ValueError, match="prefix_cache_mib"):
         TransformersEngine.check_config(EngineConfig(options={"prefix_cache_mib": -1}))
-    with pytest.raises(ValueError, match="takes prefix_cache_mib only"):
+    with pytest.raises(ValueError, match="takes no settings but prefix_cache_mib"):
         TransformersEngine.check_config(EngineConfig(options={"cache": 1}))
     built = TransformersEngine.from_config(EngineConfig(options={"prefix_cache_mib": 0}), "unused",
                                            loaded=(engine.model, engine.tokenizer))

@@ -124,7 +124,7 @@ class TransformersEngine(Engine):
     def check_config(cls, cfg) -> None:
         unknown = set(cfg.options) - {"prefix_cache_mib"}
         if unknown:
-            raise ValueError(f"--engine-arg: the {cls.name} engine takes prefix_cache_mib only "
+            raise ValueError(f"--engine-arg: the {cls.name} engine takes no settings but prefix_cache_mib "
                              f"(got '{sorted(unknown)[0]}')")
         size = cfg.options.get("prefix_cache_mib", 0)
         if not isinstance(size, int | float) or size < 0:
