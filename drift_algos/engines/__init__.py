@@ -1,8 +1,8 @@
 """Inference engines behind one interface, chosen by name (``--engine``) and imported only when used.
 
-``transformers`` runs ``model.generate`` in-process (the default, always installed); ``openai`` sends requests to
-OpenAI-compatible servers (``drift-rl[openai]``); each is registered here by ``"module:Class"`` so that its
-dependencies load only when asked for.
+``transformers`` runs the model in-process with its own decode loop (the default, always installed); ``openai``
+sends requests to OpenAI-compatible servers (``drift-rl[openai]``); each is registered here by ``"module:Class"`` so
+that its dependencies load only when asked for.
 """
 
 from __future__ import annotations
