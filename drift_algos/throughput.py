@@ -1,7 +1,8 @@
 """Throughput of the inference engines, measured side by side in one run (``drift bench throughput``).
 
 Two workloads: the multi-turn rollout of the default preset (``prompts`` problems x ``n`` samples, ``turns`` turns of
-the math environment, seeded sampling) and a plain decode of ``decode_batch`` first-turn prompts. Each engine
+the math environment's training split, seeded sampling) and a plain decode of ``decode_batch`` first-turn prompts of
+its test split (one sample each, one call). Each engine
 (any registered ``--engine`` name) is built through :func:`~drift_algos.engines.build_engine`, from a fresh load, and
 runs both; so does the baseline, plain ``model.generate`` at the same micro-batch
 (:class:`~drift_algos.engines.transformers_engine.GenerateEngine`). Reported per engine: generated tokens/s, time to
@@ -162,9 +163,11 @@ def _conversations(make_env, count: int, offset: int) -> list[list[dict[str, str
     return out
 
 
-def measure_engine(name: str, build: Callable[[], object], cfg: ThroughputConfig, make_env) -> tuple[dict, list]:
+def measure_engine(name: str, build: Callable[[], object], cfg: ThroughputConfig, make_env,
+                   make_held_out) -> tuple[dict, list]:
     """Start-up, time to first token, the rollout and the decode workload of one engine; its report row and the
-    rollout's trajectories."""
+    rollout's trajectories. The time to first token and the decode workload use held-out problems (``make_held_out``),
+    which the rollout never sees, so no engine finds their prompts cached."""
     from drift_algos.engines.base import SamplingParams, derive_seed
     from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
 
@@ -176,7 +179,7 @@ def measure_engine(name: str, build: Callable[[], object], cfg: ThroughputConfig
         agent = RolloutAgent(engine, make_env, env_id=cfg.env, model_name=cfg.model)
         reply_prefix, stop = agent.reply_prefix, agent.stop
         # Time to first token: one token for decode_batch prompts no other workload uses (nothing cached).
-        first = _conversations(make_env, cfg.decode_batch, offset=cfg.decode_batch)
+        first = _conversations(make_held_out, cfg.decode_batch, offset=cfg.decode_batch)
         t = time.perf_counter()
         engine.generate(first, SamplingParams(temperature=cfg.temperature, max_new_tokens=1, stop=stop),
                         reply_prefix=reply_prefix, seeds=range(len(first)))
@@ -188,7 +191,7 @@ def measure_engine(name: str, build: Callable[[], object], cfg: ThroughputConfig
         seconds = time.perf_counter() - t
         row["rollout"] = {"tokens": summary.generated_tokens, "replies": summary.replies, "seconds": seconds,
                           "tokens_per_s": summary.generated_tokens / seconds}
-        decode = _conversations(make_env, cfg.decode_batch, offset=0)
+        decode = _conversations(make_held_out, cfg.decode_batch, offset=0)
         params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.decode_tokens)
         t = time.perf_counter()
         out = engine.generate(decode, params, reply_prefix=reply_prefix,
@@ -262,8 +265,9 @@ def run_throughput(cfg: ThroughputConfig, progress: Callable[[str], None] | None
                                                      options=cfg.options))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    make_env = env_factory(resolve_env_id(cfg.env), {"max_turns": cfg.turns, "max_actions": cfg.turns,
-                                                     "split": "train"})
+    env_args = {"max_turns": cfg.turns, "max_actions": cfg.turns}
+    make_env = env_factory(resolve_env_id(cfg.env), {**env_args, "split": "train"})
+    make_held_out = env_factory(resolve_env_id(cfg.env), {**env_args, "split": "test"}, warn=False)
     report: dict = {
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
@@ -271,14 +275,15 @@ def run_throughput(cfg: ThroughputConfig, progress: Callable[[str], None] | None
     }
     say(f"baseline: plain model.generate, micro-batch {cfg.batch_size}")
     base_row, base_records = measure_engine(
-        BASELINE, lambda: GenerateEngine.from_pretrained(cfg.model, batch_size=cfg.batch_size), cfg, make_env)
+        BASELINE, lambda: GenerateEngine.from_pretrained(cfg.model, batch_size=cfg.batch_size), cfg, make_env,
+        make_held_out)
     rows = [base_row]
     for name in cfg.engines:
         say(f"engine {name}")
         engine_cfg = EngineConfig(name=name, batch_size=cfg.batch_size, threads=cfg.threads, base_urls=cfg.base_urls,
                                   api_key_env=cfg.api_key_env, options=dict(cfg.options))
         row, records = measure_engine(name, lambda engine_cfg=engine_cfg: build_engine(engine_cfg, cfg.model), cfg,
-                                      make_env)
+                                      make_env, make_held_out)
         base_ids, ids = _completion_ids(base_records), _completion_ids(records)
         row["rollout"]["same_as_generate"] = sum(ids.get(k) == v for k, v in base_ids.items()) / len(base_ids)
         row["decode"]["same_as_generate"] = sum(
