@@ -42,7 +42,7 @@ ENGINE_ROWS = (
     ("time to first token s", lambda r: _num(r["ttft_s"], 2)),
     ("start-up s", lambda r: _num(r["startup_s"])),
     ("wall-clock s (start-up included)", lambda r: _num(r["wall_s"])),
-    ("peak RSS MiB", lambda r: _num(r["peak_rss_mib"], 0)),
+    ("peak RSS MiB (at start)", lambda r: f"{_num(r['peak_rss_mib'], 0)} ({_num(r['start_rss_mib'], 0)})"),
     ("same tokens as generate (rollout / decode)",
      lambda r: "-" if "same_as_generate" not in r["rollout"]
      else f"{r['rollout']['same_as_generate']:.0%} / {r['decode']['same_as_generate']:.0%}"),
@@ -70,7 +70,7 @@ def training_table(report: dict) -> Table:
         table.add_column(column, justify="right")
     for row in report["training"]:
         table.add_row(row["mode"], str(row["samples"]), _num(row["tokens_per_s"]), _num(row["seconds"]),
-                      _num(row["speedup_vs_full"], 2), f"{row['weight_mass_kept']:.1%}")
+                      _num(row["speedup_vs_full"], 2), f"{row['weight_mass_kept']:.2%}")
     return table
 
 

@@ -119,7 +119,7 @@ class PeakMemory:
             self.peak_bytes = max(self.peak_bytes, self._rss())
 
     def __enter__(self) -> PeakMemory:
-        self.peak_bytes = self._rss()
+        self.start_bytes = self.peak_bytes = self._rss()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
@@ -204,7 +204,9 @@ def measure_engine(name: str, build: Callable[[], object], cfg: ThroughputConfig
         engine.close()
         del engine, agent
         gc.collect()
+    # One process measures every engine in turn: the peak includes what the process already held (start_rss_mib).
     row["peak_rss_mib"] = memory.peak_bytes / 2**20
+    row["start_rss_mib"] = memory.start_bytes / 2**20
     return row, records
 
 

@@ -29,8 +29,9 @@ def report(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 def test_every_engine_and_the_baseline_are_measured(report: dict) -> None:
     assert [row["engine"] for row in report["engines"]] == ["generate", "transformers"]
     for row in report["engines"]:
-        for key in ("startup_s", "ttft_s", "wall_s", "peak_rss_mib"):
+        for key in ("startup_s", "ttft_s", "wall_s", "peak_rss_mib", "start_rss_mib"):
             assert row[key] > 0, key
+        assert row["peak_rss_mib"] >= row["start_rss_mib"]
         assert row["wall_s"] >= row["startup_s"] + row["ttft_s"] + row["rollout"]["seconds"] + row["decode"]["seconds"]
         rollout = row["rollout"]
         # 2 problems x 2 samples, 1 or 2 replies each, at most 4 tokens a reply.
