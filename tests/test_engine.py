@@ -1,14 +1,17 @@
-"""TransformersEngine with a tiny real model: order, sampling, stop strings, log-probs, reply prefixes."""
+"""TransformersEngine with a tiny real model: order, sampling, stop strings, log-probs, reply prefixes, and its
+speed-ups (shared prompts, finished rows leaving the batch, the prefix cache) against plain ``model.generate``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
 
 from drift_algos.engines.base import SamplingParams, cut_at_stop, derive_seed, prefixes_for
-from drift_algos.engines.transformers_engine import TransformersEngine
+from drift_algos.engines.transformers_engine import GenerateEngine, TransformersEngine
+from drift_algos.rollout.agent import RolloutAgent, RolloutConfig
 
 # Prompts of different lengths, deliberately not in length order, so the engine's length sort matters.
 PROMPTS = ["What is 37 + 48? " * 3, "hi", "Correct! Incorrect. " * 4, "A B C D", "def return python 12 " * 2]
@@ -228,7 +231,8 @@ def test_derive_seed_is_stable_and_mixes() -> None:
     assert 0 <= derive_seed(-5, 2**70) < 2**63
 
 
-def test_rows_stopped_early_keep_no_padding(engine: TransformersEngine) -> None:
+@pytest.mark.parametrize("engine_cls", [TransformersEngine, GenerateEngine])
+def test_rows_stopped_early_keep_no_padding(engine: TransformersEngine, engine_cls: type) -> None:
     """A batch where a stop string ends only some rows: those rows keep exactly the tokens up to the stop
     (no pad ids, whose id here is not EOS), with one log-prob each; the other rows are untouched."""
     tok = engine.tokenizer
@@ -241,7 +245,7 @@ def test_rows_stopped_early_keep_no_padding(engine: TransformersEngine) -> None:
                 if (piece := tok.decode(first.token_ids[: k + 1])[len(tok.decode(first.token_ids[:k])):]).strip()
                 and all(piece not in f.text for f in full[1:]) and first.text.find(piece) == len(tok.decode(
                     first.token_ids[:k])))
-    batched = TransformersEngine(engine.model, tok, batch_size=len(CONVERSATIONS))  # every row in one batch
+    batched = engine_cls(engine.model, tok, batch_size=len(CONVERSATIONS))  # every row in one batch
     stopped = batched.generate(CONVERSATIONS, SamplingParams(temperature=0, max_new_tokens=12, logprobs=True,
                                                              stop=(stop,)))
     fired = [c[0].finish_reason == "stop" and c[0].text.endswith(stop) for c in stopped]
@@ -255,3 +259,149 @@ def test_rows_stopped_early_keep_no_padding(engine: TransformersEngine) -> None:
             assert tok.decode(s.token_ids, skip_special_tokens=True) == s.text
         else:
             assert s.token_ids == f.token_ids
+
+
+# -- the speed-ups give what plain model.generate gives ----------------------------------------------------------
+
+
+def plain(engine: TransformersEngine, batch_size: int = 2) -> GenerateEngine:
+    return GenerateEngine(engine.model, engine.tokenizer, batch_size=batch_size)
+
+
+def fresh(engine: TransformersEngine, **kwargs) -> TransformersEngine:
+    return TransformersEngine(engine.model, engine.tokenizer, **{"batch_size": 2, **kwargs})
+
+
+def same_completions(a, b) -> None:
+    for xs, ys in zip(a, b, strict=True):
+        assert [x.token_ids for x in xs] == [y.token_ids for y in ys]
+        assert [x.text for x in xs] == [y.text for y in ys]
+        assert [x.finish_reason for x in xs] == [y.finish_reason for y in ys]
+        assert [x.prompt_token_ids for x in xs] == [y.prompt_token_ids for y in ys]
+        assert [x.prompt_tokens for x in xs] == [y.prompt_tokens for y in ys]
+        for x, y in zip(xs, ys, strict=True):
+            assert (x.logprobs is None) == (y.logprobs is None)
+            if x.logprobs is not None:
+                assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+@pytest.mark.parametrize(("temperature", "top_p", "n"), [(0.0, 1.0, 2), (1.0, 1.0, 3), (0.8, 0.9, 2)])
+def test_same_outputs_as_plain_generate(engine: TransformersEngine, batch_size: int, temperature: float,
+                                        top_p: float, n: int) -> None:
+    params = SamplingParams(temperature=temperature, top_p=top_p, n=n, max_new_tokens=9, logprobs=True, seed=5)
+    ours = fresh(engine, batch_size=batch_size).generate(CONVERSATIONS, params, reply_prefix="<answer>")
+    same_completions(ours, plain(engine, batch_size).generate(CONVERSATIONS, params, reply_prefix="<answer>"))
+
+
+def test_same_outputs_with_stop_strings_that_end_some_rows(engine: TransformersEngine) -> None:
+    params = SamplingParams(temperature=1.0, n=3, max_new_tokens=10, stop=reply_stops(engine), logprobs=True, seed=1)
+    ours = fresh(engine, batch_size=16).generate(CONVERSATIONS, params)
+    same_completions(ours, plain(engine, 16).generate(CONVERSATIONS, params))
+    reasons = {c.finish_reason for cs in ours for c in cs}
+    assert reasons == {"stop", "length"}  # some rows stopped, others ran on: the batch shrank in between
+
+
+class ForwardSpy:
+    """The number of rows and new tokens of each forward pass of a model."""
+
+    def __init__(self, model):
+        self.calls: list[tuple[int, int]] = []
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        self.calls.append(tuple(kwargs["input_ids"].shape))
+
+    def __enter__(self) -> ForwardSpy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+def reply_stops(engine: TransformersEngine, count: int = 2) -> tuple[str, ...]:
+    """Stop strings from the greedy replies (their third tokens): they end some rows early, at different steps."""
+    free = single(engine).generate(CONVERSATIONS, SamplingParams(temperature=0, max_new_tokens=10))
+    pieces = (engine.tokenizer.decode(c[0].token_ids[2:3]) for c in free)
+    return tuple(dict.fromkeys(p for p in pieces if p.strip()))[:count]
+
+
+def test_a_shared_prompt_is_computed_once_and_finished_rows_leave_the_batch(engine: TransformersEngine) -> None:
+    eng = fresh(engine, batch_size=12, prefix_cache_mib=0)
+    params = SamplingParams(temperature=1.0, n=4, max_new_tokens=12, seed=2, stop=reply_stops(engine))
+    with ForwardSpy(eng.model) as spy:
+        out = eng.generate(CONVERSATIONS[:3], params)
+    prompt_lengths = [len(prompt_ids(eng, c)) for c in CONVERSATIONS[:3]]
+    assert spy.calls[0] == (3, max(prompt_lengths))  # 3 prompts prefilled once each for their 12 samples
+    rows = [r for r, _ in spy.calls[1:]]
+    assert all(t == 1 for _, t in spy.calls[1:])  # then one token per row per step
+    # Each step feeds exactly the samples still running: a sample that ends leaves the batch.
+    assert rows == [sum(1 for cs in out for c in cs if _steps(c, params) > k) for k in range(1, len(rows) + 1)]
+    assert rows[0] == 12 and rows[-1] < 12  # some samples ended early and stopped costing compute
+    same_completions(out, plain(engine, 12).generate(CONVERSATIONS[:3], params))
+
+
+def _steps(completion, params: SamplingParams) -> int:
+    """Tokens a completion sampled (EOS included)."""
+    ended_by_eos = completion.finish_reason == "stop" and len(completion.token_ids) < params.max_new_tokens and not (
+        params.stop and completion.text.endswith(params.stop))
+    return len(completion.token_ids) + int(ended_by_eos)
+
+
+def test_the_next_turn_reuses_the_conversation_so_far(engine: TransformersEngine) -> None:
+    eng = fresh(engine, batch_size=8)
+    params = SamplingParams(temperature=1.0, n=2, max_new_tokens=6, seed=3)
+    first = eng.generate(CONVERSATIONS[:2], params)
+    follow = [c + [{"role": "assistant", "content": first[i][0].text}, {"role": "user", "content": "Incorrect."}]
+              for i, c in enumerate(CONVERSATIONS[:2])]
+    with ForwardSpy(eng.model) as spy:
+        second = eng.generate(follow, params)
+    assert eng.prefix_cache.hits >= 2
+    longest = max(len(prompt_ids(eng, c)) for c in follow)
+    assert spy.calls[0][1] < longest - 5  # the prefill computed only the new part of the prompts
+    same_completions(second, plain(engine).generate(follow, params))
+    same_completions(second, fresh(engine, prefix_cache_mib=0).generate(follow, params))
+
+
+def test_a_multi_turn_rollout_matches_plain_generate(engine: TransformersEngine) -> None:
+    def rollout(eng):
+        make = lambda: gym.make("drift/MathCorrection-v0", disable_env_checker=True, max_turns=3,  # noqa: E731
+                                max_actions=3, num_problems=10)
+        agent = RolloutAgent(eng, make, env_id="math")
+        records, _ = agent.run(RolloutConfig(num_prompts=3, n=3, temperature=1.0, max_new_tokens=8, seed=4,
+                                             logprobs=True, record_token_ids=True))
+        return sorted(records, key=lambda r: (r.group_index, r.sample_index))
+
+    ours = fresh(engine, batch_size=4)
+    mine, theirs = rollout(ours), rollout(plain(engine, 4))
+    assert ours.prefix_cache.hits > 0
+    assert [r.messages for r in mine] == [r.messages for r in theirs]
+    assert [r.turn_completion_ids for r in mine] == [r.turn_completion_ids for r in theirs]
+    assert [r.turn_prompt_ids for r in mine] == [r.turn_prompt_ids for r in theirs]
+    for a, b in zip(mine, theirs, strict=True):
+        assert a.turn_logprobs == pytest.approx(b.turn_logprobs, abs=1e-3)
+    assert max(r.num_turns for r in mine) > 1
+
+
+def test_changed_weights_are_never_served_from_the_cache(tiny_model_dir: Path) -> None:
+    eng = TransformersEngine.from_pretrained(str(tiny_model_dir), batch_size=4)
+    params = SamplingParams(temperature=0, max_new_tokens=6, logprobs=True)
+    eng.generate(CONVERSATIONS, params)
+    assert eng.prefix_cache.entries
+    with torch.no_grad():  # training the shared model in place, as offline training does between rollout and eval
+        for p in eng.model.parameters():
+            p.mul_(1.5)
+    after = eng.generate(CONVERSATIONS, params)
+    same_completions(after, GenerateEngine(eng.model, eng.tokenizer, batch_size=4).generate(CONVERSATIONS, params))
+
+
+def test_prefix_cache_setting(engine: TransformersEngine) -> None:
+    from drift_algos.engines import EngineConfig
+
+    with pytest.raises(ValueError, match="prefix_cache_mib"):
+        TransformersEngine.check_config(EngineConfig(options={"prefix_cache_mib": -1}))
+    with pytest.raises(ValueError, match="takes no settings but prefix_cache_mib"):
+        TransformersEngine.check_config(EngineConfig(options={"cache": 1}))
+    built = TransformersEngine.from_config(EngineConfig(options={"prefix_cache_mib": 0}), "unused",
+                                           loaded=(engine.model, engine.tokenizer))
+    assert built.prefix_cache.max_bytes == 0

