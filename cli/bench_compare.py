@@ -101,8 +101,7 @@ def compare(
     console.print(results_table(results))
     claim = results["claim"]
     if claim is not None:
-        verdict = "holds" if claim["holds_on_every_seed"] else "does not hold"
-        console.print(f"claim: {claim['statement']}: {verdict} on these seeds (results.md has each seed)")
+        console.print(f"claim: {claim['statement']}: {claim['verdict']} (results.md has each seed)")
     console.print(f"results: [bold]{out}[/] (results.json, results.md, curve_seconds.png, curve_tokens.png, "
                   "multi_at_k.png)")
 

@@ -127,7 +127,7 @@ def test_cli_compare_smoke_writes_consistent_results(tiny_model_dir: Path, tmp_p
                                       str(tiny_model_dir), "--preset", "smoke", "--budget", "tokens=150",
                                       "--seeds", "0,1", "--out", str(out)])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    assert "minus DRIFT" in result.output and "random elimination" not in result.output  # math is not multiple choice
+    assert "claim: DRIFT reaches GRPO's final multi@2" in result.output and "results.md" in result.output
     results = json.loads((out / "results.json").read_text())
     assert results["algos"] == algos.split(",") and results["seeds"] == [0, 1]
     assert results["budget"] == {"kind": "tokens", "amount": 150.0} and results["random_elimination"] is None
@@ -138,6 +138,7 @@ def test_cli_compare_smoke_writes_consistent_results(tiny_model_dir: Path, tmp_p
     assert (out / "curve_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "results.md").read_text()
     assert markdown.count("\n| ") == 2 + len(algos.split(","))  # header, base, one row per algorithm
+    assert "minus DRIFT multi@2" in markdown and "random elimination" not in markdown  # math is not multiple choice
     base = [t.outcome for t in sorted(read_trajectories(out / "base" / "eval.jsonl"), key=lambda t: t.prompt_id)]
     assert results["base"]["multi_at_k"][0] == pytest.approx(sum(bool(o[0]) for o in base) / len(base))
 
@@ -188,7 +189,9 @@ def test_cli_compare_smoke_writes_consistent_results(tiny_model_dir: Path, tmp_p
         per_seed = results["algorithms"][name]["final_multi_at_k"][f"multi@{k}"]["per_seed"]
         assert len(per_seed) == 2
     claim = results["claim"]
-    assert claim["per_seed"] and {s["seed"] for s in claim["per_seed"]} == {0, 1}
+    assert {s["seed"] for s in claim["per_seed"]} == {0, 1}
+    for s in claim["per_seed"]:  # untestable where GRPO ended no higher than the base model
+        assert (s["holds"] is None) == (s["grpo_final"] <= results["base"]["multi_at_k"][k - 1])
 
 
 def test_cli_compare_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
