@@ -203,3 +203,23 @@ def test_cli_compare_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output and len(result.output.strip().splitlines()) == 1, result.output
         assert not (tmp_path / "x").exists()
+
+
+def test_cli_compare_seconds_budget_on_multiple_choice(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A seconds budget that any work spends: the shared collection stops after its first chunk and leaves DRIFT
+    nothing to train with (its final model is the base), GRPO stops after one iteration; the multiple-choice table
+    shows the random-elimination reference (4 options: 25%, 50%)."""
+    out = tmp_path / "mc"
+    result = CliRunner().invoke(app, ["bench", "compare", "--env", "mc", "--algos", "drift,grpo", "--model",
+                                      str(tiny_model_dir), "--preset", "smoke", "--budget", "seconds=0.001",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    results = json.loads((out / "results.json").read_text())
+    assert results["random_elimination"] == pytest.approx([0.25, 0.5])
+    assert "| random elimination | 25.0% | 50.0% |" in (out / "results.md").read_text()
+    drift, grpo = results["runs"]
+    assert len(read_trajectories(out / "seed-0" / "rollouts.jsonl")) == 2 * 2  # one chunk of 2 groups x 2
+    assert drift["note"].startswith("the rollouts spent the whole budget") and drift["trained_tokens"] == 0
+    assert drift["final_multi_at_k"] == results["base"]["multi_at_k"] and len(drift["curve"]) == 1
+    assert grpo["stopped_by_budget"] and len(_jsonl(out / "seed-0" / "grpo" / "online_log.jsonl")) == 1
+    assert len(grpo["curve"]) == 2 and grpo["seconds"] >= 0.001
