@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -66,6 +67,8 @@ def compare(
     preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "default",
     budget: Annotated[str | None, typer.Option(help=BUDGET_HELP)] = None,
     seeds: Annotated[str, typer.Option(help=SEEDS_HELP)] = "0",
+    eval_problems: Annotated[int | None, typer.Option(min=1, help="Held-out problems (default: the preset's; "
+                                                      "smoke 8, default 100).")] = None,
     out: Annotated[Path, typer.Option(help="Results directory (results.json, results.md, PNG plots).")] = Path(
         "runs/compare"),
     env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
@@ -88,8 +91,11 @@ def compare(
 
         if not out.parent.exists():
             raise FileNotFoundError(f"--out: parent directory does not exist: {out.parent}")
+        compare_preset = get_compare_preset(preset)
+        if eval_problems is not None:
+            compare_preset.run.eval = dataclasses.replace(compare_preset.run.eval, num_problems=eval_problems)
         cfg = CompareConfig(env=env, model=model, algos=tuple(_names(algos, "--algos")),
-                            preset=get_compare_preset(preset), out_dir=out,
+                            preset=compare_preset, out_dir=out,
                             budget=Budget.parse(budget) if budget is not None else None, seeds=_seeds(seeds),
                             env_args=parse_env_args(env_arg), engine=engine_config(engine, threads=threads))
         reporter = RichReporter()

@@ -16,9 +16,10 @@ is not counted. Generated tokens are the tokens its rollouts sampled (training g
   ``rollout_chunk`` groups up to the preset's ``num_prompts x n`` and stops early once its cost reaches the
   budget (a tokens budget) or ``rollout_share`` of it (a seconds budget, leaving the rest for training); the last
   chunk may overshoot. Training then runs the preset's epochs, stopped after the optimiser step at which a seconds
-  budget is spent. Curve points: every ``eval_every`` optimiser steps and at the end.
+  budget is spent. Curve points: every ``eval_every_steps`` optimiser steps and at the end.
 * Online algorithms (``grpo``, ``ppo``) run iterations (up to ``max_iterations``) until the budget is spent, checked
-  after each iteration (the last one may overshoot). Curve points: every ``eval_every`` iterations and at the end.
+  after each iteration (the last one may overshoot). Curve points: every ``eval_every_iterations`` iterations and at
+  the end.
 
 Every curve starts with the base model at cost 0. An algorithm's final accuracy is its last curve point's; the
 wall-clock and tokens at which it first reached it are those of its first curve point at least as high
@@ -163,8 +164,10 @@ class ComparePreset:
     """Each algorithm's sizes: rollouts, training, online loop, evaluation (a `drift run` preset)."""
     budget: Budget
     """Budget when none is given."""
-    eval_every: int
-    """Evaluate a learning-curve point every this many optimiser steps (offline) or iterations (online)."""
+    eval_every_steps: int
+    """Offline algorithms: evaluate a learning-curve point every this many optimiser steps (and at the end)."""
+    eval_every_iterations: int
+    """Online algorithms: evaluate a learning-curve point every this many iterations (and at the end)."""
     max_iterations: int
     """Online algorithms stop after this many iterations even when budget is left."""
     rollout_share: float = 0.5
@@ -173,8 +176,9 @@ class ComparePreset:
     """Groups per chunk of the shared offline collection (the budget is checked between chunks)."""
 
     def __post_init__(self) -> None:
-        if self.eval_every < 1 or self.max_iterations < 1 or self.rollout_chunk < 1:
-            raise ValueError("eval_every, max_iterations and rollout_chunk must be >= 1")
+        for name in ("eval_every_steps", "eval_every_iterations", "max_iterations", "rollout_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.rollout_share <= 1:
             raise ValueError(f"rollout_share must be in (0, 1], got {self.rollout_share}")
 
@@ -185,16 +189,19 @@ def smoke() -> ComparePreset:
     run.rollout = dataclasses.replace(run.rollout, num_prompts=4, n=2)
     run.online = dataclasses.replace(run.online, prompts_per_iteration=2, group_size=2)
     return ComparePreset("smoke", "checks the comparison end to end on a tiny model, learns nothing measurable",
-                         run=run, budget=Budget("tokens", 400), eval_every=1, max_iterations=2, rollout_chunk=2)
+                         run=run, budget=Budget("tokens", 400), eval_every_steps=1, eval_every_iterations=1,
+                         max_iterations=2, rollout_chunk=2)
 
 
 def default() -> ComparePreset:
     # The default `drift run` preset's sizes (64 prompts x 8 rollouts, 2 epochs; online: 8 prompts x 4 per
-    # iteration) on 100 held-out problems, for an equal wall-clock budget on the 2-core CPU. Not yet measured.
+    # iteration) on 100 held-out problems, for an equal wall-clock budget on the 2-core CPU. Not yet measured at
+    # this budget (see the README for the measured smaller comparison).
     run = default_run_preset()
     run.eval = dataclasses.replace(run.eval, num_problems=100)
     return ComparePreset("default", "the embedded model on a 2-core CPU, equal wall-clock budget (not measured)",
-                         run=run, budget=Budget("seconds", 1800), eval_every=4, max_iterations=50, rollout_chunk=8)
+                         run=run, budget=Budget("seconds", 1800), eval_every_steps=8, eval_every_iterations=2,
+                         max_iterations=100, rollout_chunk=8)
 
 
 COMPARE_PRESETS = {"smoke": smoke, "default": default}
@@ -543,7 +550,7 @@ def _offline(ctx: _Context, name: str, seed: int, algorithm: OfflineAlgorithm, c
     log_path = out / "train_log.jsonl"
     last: dict[str, EvalResult] = {}
     bar = ctx.reporter.progress("train")
-    eval_every = ctx.cfg.preset.eval_every
+    eval_every = ctx.cfg.preset.eval_every_steps
 
     def progress(step: int, total: int, loss: float) -> None:
         if bar is not None:
@@ -588,7 +595,7 @@ def _online(ctx: _Context, name: str, seed: int, algorithm: OnlineAlgorithm, mod
         if bar is not None:
             bar(iteration, iterations, generated)
         spent = budget.spent(meter.seconds, meter.tokens)
-        if iteration % cp.eval_every == 0 or iteration == iterations or spent:
+        if iteration % cp.eval_every_iterations == 0 or iteration == iterations or spent:
             with meter.paused():
                 last["result"] = _evaluate(ctx, engine, trainer.model)
                 curve.append(_point(meter, _last_log_value(log_path, "trained_tokens", total=True), iteration,
