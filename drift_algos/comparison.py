@@ -6,9 +6,9 @@ multiple-choice environments, their letter orders are the same everywhere) and g
 tokens or in wall-clock seconds (:class:`Budget`). Each training seed (``seeds``) seeds the rollouts, the batch order
 and the online sampling.
 
-**What the budget pays for.** The clock runs while an algorithm collects rollouts, trains and saves what its loop
-saves; it stops while the comparison evaluates a learning-curve point (a measurement, not training); model loading
-is not counted. Generated tokens are the tokens its rollouts sampled (training generates none).
+**What the budget pays for.** The clock runs while an algorithm collects rollouts and trains (no algorithm saves
+checkpoints here: offline training keeps none, the online loop runs with ``resumable=False``); it stops while the
+comparison evaluates a learning-curve point (a measurement, not training); model loading is not counted. Generated tokens are the tokens its rollouts sampled (training generates none).
 
 * Offline algorithms (``drift``, ``sft``, ``sft-all``, ``rft``) pay for their rollouts and their training. One
   collection per seed serves all of them (the rollouts come from the fixed base model, so each would collect the same
@@ -38,7 +38,6 @@ import dataclasses
 import gc
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -585,7 +584,7 @@ def _online(ctx: _Context, name: str, seed: int, algorithm: OnlineAlgorithm, mod
     trainer = Trainer(model, ctx.tokenizer, preset.train)
     engine.update_weights(trainer.model)
     agent = RolloutAgent(engine, ctx.train_env, env_id=ctx.env_id, model_name=ctx.cfg.model)
-    loop: OnlineConfig = dataclasses.replace(preset.online, iterations=cp.max_iterations)
+    loop: OnlineConfig = dataclasses.replace(preset.online, iterations=cp.max_iterations, resumable=False)
     log_path = out / "online_log.jsonl"
     last: dict[str, EvalResult] = {}
     bar = ctx.reporter.progress("iterations")
@@ -610,7 +609,6 @@ def _online(ctx: _Context, name: str, seed: int, algorithm: OnlineAlgorithm, mod
         stopped = True
     meter.stop()
     ctx.reporter.done("iterations")
-    shutil.rmtree(out / "resume", ignore_errors=True)  # the loop's resumable checkpoints: not needed here
     samples = _last_log_value(log_path, "samples", total=True)
     return AlgorithmRun(name, seed, curve, last["result"], meter.seconds, meter.tokens,
                         _last_log_value(log_path, "trained_tokens", total=True), 0.0, samples, stopped)
