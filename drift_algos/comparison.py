@@ -8,7 +8,8 @@ and the online sampling.
 
 **What the budget pays for.** The clock runs while an algorithm collects rollouts and trains (no algorithm saves
 checkpoints here: offline training keeps none, the online loop runs with ``resumable=False``); it stops while the
-comparison evaluates a learning-curve point (a measurement, not training); model loading is not counted. Generated tokens are the tokens its rollouts sampled (training generates none).
+comparison evaluates a learning-curve point (a measurement, not training); model loading is not counted.
+Generated tokens are the tokens its rollouts sampled (training generates none).
 
 * Offline algorithms (``drift``, ``sft``, ``sft-all``, ``rft``) pay for their rollouts and their training. One
   collection per seed serves all of them (the rollouts come from the fixed base model, so each would collect the same
@@ -40,7 +41,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -99,22 +100,23 @@ class Budget:
 class Meter:
     """One algorithm's cost: wall-clock seconds while running (paused while evaluating) and generated tokens."""
 
-    def __init__(self, seconds: float = 0.0, tokens: int = 0):
+    def __init__(self, seconds: float = 0.0, tokens: int = 0, *, clock: Callable[[], float] = time.perf_counter):
         self._charged = seconds
         self._since: float | None = None
+        self._clock = clock
         self.tokens = tokens
 
     def start(self) -> None:
-        self._since = time.perf_counter()
+        self._since = self._clock()
 
     def stop(self) -> None:
         if self._since is not None:
-            self._charged += time.perf_counter() - self._since
+            self._charged += self._clock() - self._since
             self._since = None
 
     @property
     def seconds(self) -> float:
-        return self._charged + (time.perf_counter() - self._since if self._since is not None else 0.0)
+        return self._charged + (self._clock() - self._since if self._since is not None else 0.0)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

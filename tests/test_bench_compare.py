@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from drift_algos.algorithms import ALGORITHMS, SFT, SFTAllTurns
-from drift_algos.comparison import Budget, CurvePoint, first_reach
+from drift_algos.comparison import Budget, CurvePoint, Meter, first_reach
 from drift_algos.evaluation.paired import (
     paired_interval,
     pooled_paired_interval,
@@ -85,6 +85,21 @@ def test_first_reach_is_the_first_point_at_least_as_high() -> None:
     assert first_reach(curve, curve[-1].multi[1], 2).seconds == 5.0
     assert first_reach(curve, 0.3, 1).generated_tokens == 50
     assert first_reach(curve, 0.5, 2) is None
+
+
+def test_meter_charges_what_ran_and_not_the_evaluations() -> None:
+    now = [100.0]
+    meter = Meter(seconds=7.0, tokens=50, clock=lambda: now[0])  # a shared collection's cost, charged up front
+    meter.start()
+    now[0] = 103.0
+    with meter.paused():  # an evaluation: not charged
+        now[0] = 160.0
+        assert meter.seconds == 10.0
+    now[0] = 162.5
+    assert meter.seconds == 12.5 and meter.tokens == 50
+    meter.stop()
+    now[0] = 200.0
+    assert meter.seconds == 12.5
 
 
 def test_budget_parsing() -> None:
