@@ -778,8 +778,10 @@ def results_markdown(results: dict) -> str:
     lines = [f"# drift bench compare: {', '.join(results['algos'])} on {results['env']}", "",
              f"Model {results['model']}, preset {results['preset']}, budget {results['budget']['kind']}="
              f"{results['budget']['amount']:g} per algorithm, seeds {seeds}, {results['problems']} held-out problems "
-             f"(greedy, up to {results['max_turns']} turns). multi@k: mean over seeds [95% t interval over seeds]; "
-             "differences in points with paired 95% intervals over problems (pooled over seeds).", "",
+             f"(greedy, up to {results['max_turns']} turns). multi@k: mean over seeds [95% t interval over seeds, none "
+             "for one seed]; base: [95% bootstrap interval over problems]; differences in points with paired 95% t "
+             "intervals over problems (pooled over seeds by problem). Seconds: wall-clock of rollouts and "
+             "training, evaluation excluded.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     claim = results["claim"]
