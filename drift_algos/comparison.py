@@ -23,7 +23,7 @@ Generated tokens are the tokens its rollouts sampled (training generates none).
   the end.
 
 Every curve starts with the base model at cost 0. An algorithm's final accuracy is its last curve point's; the
-wall-clock and tokens at which it first reached it are those of its first curve point at least as high
+wall-clock and tokens at which it first reached it are those of its first trained curve point at least as high
 (:func:`first_reach`; the resolution is the curve's).
 
 Written to ``out_dir``: ``results.json``, ``results.md``, ``curve_seconds.png``, ``curve_tokens.png``,
@@ -643,7 +643,9 @@ def summarise(cfg: CompareConfig, base: EvalResult, runs: Sequence[AlgorithmRun]
     run_rows = []
     for r in runs:
         final = r.final.metrics.multi
-        reach = first_reach(r.curve, final[k_claim - 1], k_claim)
+        # Its own final accuracy: first reached by a trained point (the base point at cost 0 would "reach" a final
+        # below the base model's); a run that never trained reaches it at 0.
+        reach = first_reach(r.curve[1:] or r.curve, final[k_claim - 1], k_claim)
         run_rows.append({
             "algo": r.algo, "seed": r.seed, "final_multi_at_k": final, "seconds": r.seconds,
             "generated_tokens": r.generated_tokens, "trained_tokens": r.trained_tokens,
