@@ -736,12 +736,18 @@ def _claim(by_algo: dict[str, list[AlgorithmRun]], base: EvalResult, k: int) -> 
                         else "holds on every seed" if all(verdicts) else "does not hold on every seed")}
 
 
-def _pct(value: float) -> str:
+def _nan(value: float | None) -> float:
+    """``None`` (how results.json stores NaN) as NaN."""
+    return float("nan") if value is None else value
+
+
+def _pct(value: float | None) -> str:
+    value = _nan(value)
     return "n/a" if value != value else f"{100 * value:.1f}%"
 
 
 def _with_ci(entry: dict, *, points: bool = False) -> str:
-    mean, (low, high) = entry["mean"], entry["ci"]
+    mean, (low, high) = _nan(entry["mean"]), (_nan(v) for v in entry["ci"])
     if points:
         text = f"{100 * mean:+.1f}"
         return text if low != low else f"{text} [{100 * low:+.1f}, {100 * high:+.1f}]"
