@@ -27,8 +27,9 @@ ALGOS_HELP = ("Comma-separated algorithms: drift, sft (last assistant turn), sft
               "grpo, ppo. Each is paired against drift when drift is among them.")
 BUDGET_HELP = ("Each algorithm's budget: tokens=N (generated tokens) or seconds=S (wall-clock of rollouts and "
                "training, evaluation excluded). Default: the preset's (smoke: tokens=400, default: seconds=1800).")
-PRESET_HELP = ("Sizes. smoke: a few minutes on a tiny model, learns nothing measurable (for CI). default: the "
-               "embedded model on a 2-core CPU, equal wall-clock budget (not measured).")
+PRESET_HELP = ("Sizes. smoke: seconds on a tiny model, learns nothing measurable (for CI). default: the embedded "
+               "model on a 2-core CPU, equal wall-clock budget of 1800 s per algorithm (measured at 600 s: one GRPO "
+               "iteration 789 s, one evaluation of 100 problems 210-240 s).")
 SEEDS_HELP = "Comma-separated training seeds (rollouts, batch order, online sampling); results are aggregated."
 
 
