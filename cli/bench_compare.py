@@ -48,7 +48,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def results_table(results: dict) -> Table:
-    from drift_algos.comparison import table_rows
+    from drift_algos.comparison_results import table_rows
 
     header, rows = table_rows(results)
     table = Table(title=f"{', '.join(results['algos'])} on {results['env']}: budget "
