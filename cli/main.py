@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from drift_cli import bench_compare  # noqa: F401 - registers `drift bench compare` on bench_app
 from drift_cli.bench import bench_app
 from drift_cli.envs_cmd import envs
 from drift_cli.eval_cmd import eval_

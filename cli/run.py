@@ -46,7 +46,8 @@ SAVE_EVERY_HELP = ("Save a resumable checkpoint every this many optimiser steps 
 RESUME_HELP = ("Finish the interrupted run in RUN_DIR with its own settings (its config.json; give no other setting): "
                "the rollouts not yet collected, the training from its newest checkpoint (offline) or last finished "
                "iteration (online), the evaluations not yet written. The result equals an uninterrupted run.")
-ALGO_HELP = ("Algorithm: drift (importance-weighted SFT), sft (every trajectory), rft (successful ones only), "
+ALGO_HELP = ("Algorithm: drift (importance-weighted SFT), sft (every trajectory, last assistant turn), sft-all (every "
+             "trajectory, every assistant turn), rft (successful ones only), "
              "grpo, ppo (online: sample with the current policy each iteration).")
 
 

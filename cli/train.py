@@ -128,7 +128,8 @@ def train(
             sample_set = algorithm.samples(records)
         if not sample_set.samples:
             raise ValueError(f"{algo}: no training samples left from {len(records)} trajectories")
-        trainer = Trainer(load_model(model, device=str(distributed.state().device)), load_tokenizer(model), p.train)
+        trainer = Trainer(load_model(model, device=str(distributed.state().device)), load_tokenizer(model),
+                          algorithm.train_config(p.train))
         out.mkdir(exist_ok=True)
         reporter = RichReporter() if main else None
         update = reporter.progress("train") if main else None

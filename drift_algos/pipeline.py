@@ -75,7 +75,7 @@ class RunConfig:
     model: str
     """Reference model spec."""
     algo: str
-    """Algorithm name (drift, sft, rft)."""
+    """Algorithm name (drift, sft, sft-all, rft, grpo, ppo)."""
     preset: Preset
     """Sizes and hyper-parameters."""
     out_dir: Path
@@ -309,7 +309,7 @@ def _run_offline(run: _Run, algorithm: OfflineAlgorithm, model, tokenizer) -> Ru
     if not sample_set.samples:
         raise ValueError(f"{cfg.algo}: no training samples left from {len(trajectories)} trajectories "
                          "(no successful trajectory?); sample more prompts or raise the temperature")
-    trainer = Trainer(model, tokenizer, preset.train)
+    trainer = Trainer(model, tokenizer, algorithm.train_config(preset.train))
     checkpoint, finished = out / "checkpoint", out / "train_result.json"
     if run.resume and finished.is_file() and checkpoint.is_dir():
         train_result = TrainResult(**json.loads(finished.read_text(encoding="utf-8")))

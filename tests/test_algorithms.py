@@ -150,7 +150,7 @@ def test_rft_keeps_only_successes(trajectories: list[Trajectory]) -> None:
 
 
 def test_registry_names() -> None:
-    assert set(ALGORITHMS) == {"drift", "sft", "rft", "grpo", "ppo"}
+    assert set(ALGORITHMS) == {"drift", "sft", "sft-all", "rft", "grpo", "ppo"}
     for name, cls in ALGORITHMS.items():
         online = name in ("grpo", "ppo")
         assert cls.name == name and issubclass(cls, OnlineAlgorithm if online else OfflineAlgorithm)

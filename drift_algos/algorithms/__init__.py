@@ -7,9 +7,10 @@ from drift_algos.algorithms.drift import Drift, DriftConfig
 from drift_algos.algorithms.grpo import GRPO, GRPOConfig
 from drift_algos.algorithms.ppo import PPO, PPOConfig
 from drift_algos.algorithms.sft import SFT, RejectionSFT
+from drift_algos.algorithms.sft_all import SFTAllTurns
 
 ALGORITHMS: dict[str, type[OfflineAlgorithm] | type[OnlineAlgorithm]] = {
-    cls.name: cls for cls in (Drift, SFT, RejectionSFT, GRPO, PPO)}
+    cls.name: cls for cls in (Drift, SFT, SFTAllTurns, RejectionSFT, GRPO, PPO)}
 """Algorithms by ``--algo`` name."""
 
 
@@ -22,5 +23,5 @@ def algorithm_class(name: str) -> type[OfflineAlgorithm] | type[OnlineAlgorithm]
 
 __all__ = [
     "ALGORITHMS", "GRPO", "SFT", "Drift", "DriftConfig", "GRPOConfig", "OfflineAlgorithm", "OnlineAlgorithm",
-    "OnlineBatch", "PPO", "PPOConfig", "RejectionSFT", "SampleSet", "algorithm_class",
+    "OnlineBatch", "PPO", "PPOConfig", "RejectionSFT", "SFTAllTurns", "SampleSet", "algorithm_class",
 ]

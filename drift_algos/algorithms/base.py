@@ -54,6 +54,11 @@ class OfflineAlgorithm(ABC):
         ``train.sequence_loss``)."""
         return default_objective(train)
 
+    def train_config(self, train: TrainConfig) -> TrainConfig:
+        """The training settings this algorithm trains with: ``train`` unchanged, or (a variant such as ``sft-all``)
+        with what the algorithm fixes, e.g. its loss target."""
+        return train
+
 
 def last_turn_sample(trajectory: Trajectory, weight: float) -> Sample:
     recorded = turn_samples(trajectory, weight=weight)[-1] if trajectory.turn_completion_ids else None

@@ -58,6 +58,9 @@ class OnlineConfig:
     """Trajectories per prompt (GRPO's G)."""
     checkpoint_every: int = 0
     """Save the policy to ``checkpoint-<i>/`` every this many iterations (0: only the final checkpoint)."""
+    resumable: bool = True
+    """Save the resumable ``resume/iteration-<i>/`` checkpoint after each iteration (off: nothing to resume, e.g.
+    `drift bench compare`, whose offline algorithms save nothing while training either)."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "prompts_per_iteration", "group_size"):
@@ -213,8 +216,9 @@ def train_online(
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
             logger.info("iteration %d: reward %.3f, success %.2f", iteration, entry["reward"], entry["success"])
-            save_iteration(resume_dir / f"iteration-{iteration}", iteration, trainer, algorithm, result,
-                           keep_last=trainer.cfg.keep_last)
+            if cfg.resumable:
+                save_iteration(resume_dir / f"iteration-{iteration}", iteration, trainer, algorithm, result,
+                               keep_last=trainer.cfg.keep_last)
             if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration < cfg.iterations:
                 trainer.save(out_dir / f"checkpoint-{iteration}")
             if progress is not None:
