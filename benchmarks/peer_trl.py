@@ -401,7 +401,8 @@ def measure_grpo(cfg: PeerConfig, base, tokenizer, console: Console) -> dict:
             start = time.perf_counter()
             result = train_online(GRPO(grpo_cfg), agent, trainer, engine, step_rollout(step),
                                   OnlineConfig(iterations=1, prompts_per_iteration=cfg.prompts_per_step,
-                                               group_size=cfg.group_size), cfg.out / "drift_grpo")
+                                               group_size=cfg.group_size, resumable=False),
+                                  cfg.out / "drift_grpo")  # one iteration per TRL step: nothing to resume
             entry = result.iterations[0]
             trajectories, generation_s = seen[-1]
             drift_steps.append({"seconds": time.perf_counter() - start, "generation_s": generation_s,
