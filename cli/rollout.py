@@ -60,7 +60,7 @@ def rollout(
     env_arg: Annotated[list[str] | None, typer.Option(help=ENV_ARG_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed for problem choice, resets and sampling.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Engine micro-batch (conversations per call).")] = 64,
-    engine: EngineOption = "transformers",
+    engine: EngineOption = "auto",
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,

@@ -136,7 +136,7 @@ def run(
     save_every: Annotated[int | None, typer.Option(min=0, help=SAVE_EVERY_HELP)] = None,
     keep_last: Annotated[int | None, typer.Option(min=1, help="Resumable checkpoints kept (default: the "
                                                   "preset's, 2).")] = None,
-    engine: EngineOption = "transformers",
+    engine: EngineOption = "auto",
     threads: ThreadsOption = None,
     base_url: BaseUrlOption = None,
     api_key_env: ApiKeyEnvOption = None,

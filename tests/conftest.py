@@ -7,6 +7,7 @@ and every model is a tiny random one written to a temporary directory.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # What `drift` sets for itself before it imports transformers: no progress bars or warnings on stderr.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# The tiny test models (head size 16) are ones vLLM's CPU attention cannot run, so commands without --engine use the
+# transformers engine here, in this process and in the drift subprocesses tests start; the vLLM tests name theirs.
+os.environ["DRIFT_ENGINE"] = "transformers"
+# A test run started in the background (`nohup make test &`) inherits SIGINT ignored, and so would every drift
+# subprocess it starts: the Ctrl-C tests need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # `tests/` has no __init__.py; put it on the path so test modules can `from tiny import ...` whatever
 # pytest's import mode.
