@@ -416,7 +416,9 @@ def test_two_servers_share_the_load(servers: list[Server], model_dir: Path) -> N
     engine = engine_for(model_dir, *(s.url for s in servers), served_model=str(model_dir), concurrency=4)
     engine.generate(CONVERSATIONS, SamplingParams(temperature=1.0, max_new_tokens=8, n=16), seeds=[1, 2])
     done = [s.served() - b for s, b in zip(servers, before, strict=True)]
-    assert sum(done) == 32 and min(done) >= 8, done  # both took a fair share (least busy first)
+    # Least busy first with 4 in flight per server: the first 8 requests go 4 and 4, whatever the load; after that
+    # the faster server takes more (on a busy CI machine one vLLM server can be several times slower: [28, 4] seen).
+    assert sum(done) == 32 and min(done) >= 4, done
     assert [s.completed for s in engine.server_stats()] == done
     engine.close()
 
