@@ -40,7 +40,6 @@ import dataclasses
 import gc
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from drift_algos.algorithms import OfflineAlgorithm, OnlineAlgorithm, algorithm_
 from drift_algos.engines import EngineConfig, build_engine, engine_class
 from drift_algos.evaluation.evaluator import EvalConfig, EvalResult, evaluate
 from drift_algos.evaluation.paired import random_elimination
+from drift_algos.memory import PeakMemory
 from drift_algos.presets import Preset
 from drift_algos.presets import default as default_run_preset
 from drift_algos.presets import smoke as smoke_run_preset
@@ -289,52 +289,6 @@ class AlgorithmRun:
     """Anything that changes how to read it (e.g. no training samples)."""
 
 
-class PeakMemory:
-    """Peak memory while the block runs: sampled resident set size (CPU), or peak allocated CUDA memory."""
-
-    def __init__(self, every_s: float = 0.05):
-        self.every_s = every_s
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _rss_mb() -> float:
-        try:
-            with open("/proc/self/statm", encoding="ascii") as f:
-                pages = int(f.read().split()[1])
-            import os
-
-            return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-        except (OSError, ValueError, IndexError):
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.peak_mb = max(self.peak_mb, self._rss_mb())
-
-    def __enter__(self) -> PeakMemory:
-        import torch
-
-        self._cuda = torch.cuda.is_available()
-        if self._cuda:
-            torch.cuda.reset_peak_memory_stats()
-        self.peak_mb = self._rss_mb()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, self._rss_mb())
-        if self._cuda:
-            import torch
-
-            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
-
-
 class BudgetSpent(Exception):
     """Raised from a progress hook to end training once the budget is spent (after the step or iteration under
     way; the weights are those after it)."""
@@ -433,7 +387,9 @@ def compare(cfg: CompareConfig, reporter=None) -> dict[str, object]:
                         run = _online(ctx, name, seed, algorithm, model, algo_engine, run_preset, algo_dir)
             finally:
                 algo_engine.close()
-            run.peak_memory_mb = memory.peak_mb
+            # The device's peak on CUDA (the model and its activations live there), else the process's resident peak.
+            peak = memory.cuda_peak_bytes if memory.cuda_peak_bytes is not None else memory.peak_bytes
+            run.peak_memory_mb = peak / 2**20
             episodes = run.final.extra.pop("_episodes", None)
             if episodes:  # (none when the final model is the base: base/eval.jsonl)
                 with TrajectoryWriter(algo_dir / "eval_final.jsonl") as writer:

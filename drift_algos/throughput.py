@@ -20,11 +20,12 @@ import gc
 import logging
 import os
 import platform
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from drift_algos.memory import PeakMemory
 
 logger = logging.getLogger(__name__)
 
@@ -89,45 +90,6 @@ class ThroughputConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.trajectories is not None and not Path(self.trajectories).is_file():
             raise FileNotFoundError(f"--trajectories: {self.trajectories} not found")
-
-
-class PeakMemory:
-    """Peak resident memory (this process and its children: an engine's server processes) while in the block."""
-
-    def __init__(self, interval_s: float = 0.05):
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-
-    def _rss(self) -> int:
-        try:
-            import psutil
-        except ImportError:  # Linux without psutil: this process only
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak_bytes = max(self.peak_bytes, self._rss())
-
-    def __enter__(self) -> PeakMemory:
-        self.start_bytes = self.peak_bytes = self._rss()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self._rss())
 
 
 def matmul_flops(hidden: int, rows: int = 256, min_seconds: float = 1.0) -> float:
