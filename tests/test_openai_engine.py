@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tiny import build_vllm_model_dir
 from typer.testing import CliRunner
 
 from drift_algos.engines import EngineConfig, build_engine
@@ -112,43 +113,12 @@ class Server:
         return int(sum(float(m) for m in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M)))
 
 
-def build_vllm_model(path: Path) -> Path:
-    """The tests' tiny tokenizer and chat template on a 2-layer Llama with head size 32 (64 / 2 heads).
-
-    A random model hardly ever samples its EOS; so that replies can end on one, the token its greedy reply to the
-    first conversation has fourth (new there) is made a second EOS in the generation config, which both vLLM and
-    transformers read.
-    """
-    import torch
-    from tiny import build_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
-    prompt = tok.apply_chat_template(CONVERSATIONS[0], tokenize=False, add_generation_prompt=True) + "<answer>"
-    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])  # (1, T)
-    reply = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
-                           pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
-    second_eos = next(t for k, t in enumerate(reply) if k >= 3 and t not in reply[:k])
-    model.generation_config.eos_token_id = [tok.eos_token_id, second_eos]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     torch.set_num_threads(1)
-    return build_vllm_model(tmp_path_factory.mktemp("vllm-tiny") / "model")
+    return build_vllm_model_dir(tmp_path_factory.mktemp("vllm-tiny") / "model", CONVERSATIONS[0])
 
 
 @pytest.fixture(scope="module")

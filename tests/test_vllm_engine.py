@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import build_vllm_model_dir
 from typer.testing import CliRunner
 
 from drift_algos.engines import EngineConfig, build_engine, engine_class
@@ -37,44 +38,12 @@ CONVERSATIONS = [
 ]
 
 
-def build_model(path: Path):
-    """The tests' tiny tokenizer on a 2-layer Llama with head size 32 (vLLM's CPU attention has no kernel for 16).
-
-    A random model hardly ever samples its EOS: the fourth token of its greedy reply to the first conversation is
-    made a second EOS in the generation config (read by both engines), so that some replies end on one.
-    """
-    import torch
-    from tiny import build_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).eval()
-    prompt = tok.apply_chat_template(CONVERSATIONS[0], tokenize=False, add_generation_prompt=True) + "<answer>"
-    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])  # (1, T)
-    with torch.no_grad():
-        greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
-                                do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
-    extra = next(t for k, t in enumerate(greedy) if k >= 3 and t not in greedy[:k])
-    model.generation_config.eos_token_id = [tok.eos_token_id, extra]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     torch.set_num_threads(1)
-    return build_model(tmp_path_factory.mktemp("vllm-model") / "model")
+    return build_vllm_model_dir(tmp_path_factory.mktemp("vllm-model") / "model", CONVERSATIONS[0])
 
 
 @pytest.fixture(scope="module")
